@@ -1,0 +1,30 @@
+# pdist: `make run` runs the default experiment, `make test` runs the test suite.
+# Both build .venv from the pinned requirements.txt first (again whenever it changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/mnist1d_cnn
+
+.PHONY: run test bench venv clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -c 'import sysconfig, os; open(os.path.join(sysconfig.get_paths()["purelib"], "pdist-src.pth"), "w").write(os.getcwd() + "\n")'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m pdist --config experiments/mnist1d.py:cnn --workdir $(WORKDIR)
+	$(PY) -m pdist.plots $(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/single_device.py
+
+clean:
+	rm -rf $(VENV) runs

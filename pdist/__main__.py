@@ -1,0 +1,65 @@
+"""python -m pdist --config experiments/NAME.py[:presets] --workdir DIR [--config.group.field=value ...]
+
+The only place that reads the command line. Bad input (config file, field, value) prints one
+sentence to stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+USAGE = ("python -m pdist --config experiments/NAME.py[:preset,...] --workdir DIR "
+         "[--config.group.field=value ...]")
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(prog="python -m pdist", usage=USAGE,
+                                   description="Train a pdist experiment.")
+  parser.add_argument("--config", required=True, help="experiment file, optionally :presets")
+  parser.add_argument("--workdir", required=True, help="directory for metrics, summary, plots")
+  args, rest = parser.parse_known_args(argv)
+  # argparse may hand back "--config.x" "v" as two items; join them to "--config.x=v"
+  overrides, i = [], 0
+  while i < len(rest):
+    item = rest[i]
+    if item.startswith("--config.") and "=" not in item and i + 1 < len(rest):
+      item, i = f"{item}={rest[i + 1]}", i + 1
+    overrides.append(item)
+    i += 1
+  return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, overrides = parse(sys.argv[1:] if argv is None else argv)
+  from pdist import config as config_lib
+
+  try:
+    config = config_lib.load(args.config, overrides)
+  except config_lib.ConfigError as e:
+    print(f"pdist: error: {e}", file=sys.stderr)
+    return 2
+
+  from pdist import train
+
+  try:
+    result = train.run(config, args.workdir)
+  except config_lib.ConfigError as e:
+    print(f"pdist: error: {e}", file=sys.stderr)
+    return 2
+  except train.TrainingError as e:
+    print(f"pdist: training stopped: {e}", file=sys.stderr)
+    return 3
+  final = {k: v for k, v in result.summary.items()
+           if k.startswith("eval_") or k in ("loss", "step", "updates_per_sec")}
+  print(json.dumps(final, sort_keys=True))
+  print(f"pdist: metrics in {os.path.join(args.workdir, 'metrics.jsonl')}, "
+        f"summary in {os.path.join(args.workdir, 'summary.json')}; "
+        f"plot with: python -m pdist.plots {args.workdir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,136 @@
+"""Datasets generated or shipped offline: MNIST-1D, sklearn digits, a synthetic teacher, the quadratic.
+
+Nothing here touches the network. MNIST-1D is generated with the `mnist1d` package's own generator
+(never its download path) and cached as .npz under the user's cache directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+
+import numpy as np
+
+from pdist.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Arrays in host memory. `kind` is "classification", "regression" or "quadratic" (no data)."""
+  name: str
+  kind: str
+  x_train: np.ndarray | None
+  y_train: np.ndarray | None
+  x_test: np.ndarray | None
+  y_test: np.ndarray | None
+  num_classes: int = 0
+
+  @property
+  def num_train(self) -> int:
+    return 0 if self.x_train is None else len(self.x_train)
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return () if self.x_train is None else tuple(self.x_train.shape[1:])
+
+
+def cache_dir() -> str:
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(root, "pdist")
+
+
+def mnist1d(num_train: int = 4000, num_test: int = 1000) -> Dataset:
+  """MNIST-1D (Greydanus 2020): 10 classes of length-40 signals, generated locally with seed 42.
+
+  The generator reseeds numpy's and Python's global RNGs; their states are saved and restored so
+  that generating the data never changes anything else's randomness.
+  """
+  total = num_train + num_test
+  path = os.path.join(cache_dir(), f"mnist1d_{num_train}_{num_test}.npz")
+  if os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return Dataset("mnist1d", "classification", f["x"], f["y"], f["x_test"], f["y_test"], 10)
+    except (OSError, ValueError, KeyError):
+      pass  # a corrupt cache file is regenerated below
+  from mnist1d.data import get_dataset_args, make_dataset
+
+  args = get_dataset_args()
+  args.num_samples = total
+  args.train_split = num_train / total
+  np_state, py_state = np.random.get_state(), random.getstate()
+  try:
+    d = make_dataset(args)
+  finally:
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+  x, y = d["x"].astype(np.float32), d["y"].astype(np.int32)
+  x_test, y_test = d["x_test"].astype(np.float32), d["y_test"].astype(np.int32)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(tmp, x=x, y=y, x_test=x_test, y_test=y_test)
+  os.replace(tmp, path)
+  return Dataset("mnist1d", "classification", x, y, x_test, y_test, 10)
+
+
+def digits() -> Dataset:
+  """sklearn's 8x8 handwritten digits (1797 images), scaled to [0, 1]; a fixed 1497/300 split."""
+  from sklearn.datasets import load_digits
+
+  d = load_digits()
+  x = (d.images / 16.0).astype(np.float32)
+  y = d.target.astype(np.int32)
+  order = np.random.default_rng(0).permutation(len(y))
+  x, y = x[order], y[order]
+  return Dataset("digits", "classification", x[:1497], y[:1497], x[1497:], y[1497:], 10)
+
+
+def teacher(num_train: int, num_test: int, dim: int = 784, num_classes: int = 10,
+            seed: int = 0) -> Dataset:
+  """Inputs N(0, 1) in R^dim; label = argmax of a fixed random linear teacher W x."""
+  rng = np.random.default_rng([seed, 7919])
+  w = rng.standard_normal((dim, num_classes)).astype(np.float32)
+  x = rng.standard_normal((num_train + num_test, dim)).astype(np.float32)
+  y = np.argmax(x @ w, axis=1).astype(np.int32)
+  return Dataset("teacher", "classification", x[:num_train], y[:num_train],
+                 x[num_train:], y[num_train:], num_classes)
+
+
+def regression_teacher(num_train: int, num_test: int, dim: int, seed: int = 0,
+                       noise: float = 0.1) -> Dataset:
+  """y = <w, x> + noise for a fixed random w; the regression task's data."""
+  rng = np.random.default_rng([seed, 104729])
+  w = rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
+  x = rng.standard_normal((num_train + num_test, dim)).astype(np.float32)
+  y = (x @ w + noise * rng.standard_normal(len(x))).astype(np.float32)[:, None]
+  return Dataset("regression", "regression", x[:num_train], y[:num_train],
+                 x[num_train:], y[num_train:], 0)
+
+
+def quadratic() -> Dataset:
+  """The seed's problem has no data: loss = mean(theta^2); theta is the whole model."""
+  return Dataset("quadratic", "quadratic", None, None, None, None, 0)
+
+
+def load(data_config) -> Dataset:
+  """The dataset named by `config.data`; checks that its batch size fits."""
+  name = data_config.name
+  if name == "mnist1d":
+    ds = mnist1d(data_config.num_train, data_config.num_test)
+  elif name == "digits":
+    ds = digits()
+  elif name == "teacher":
+    ds = teacher(data_config.num_train, data_config.num_test, data_config.dim,
+                 data_config.num_classes, data_config.seed)
+  elif name == "regression":
+    ds = regression_teacher(data_config.num_train, data_config.num_test, data_config.dim,
+                            data_config.seed)
+  elif name == "quadratic":
+    return quadratic()
+  else:
+    raise ConfigError(f"config.data.name='{name}' is not a known dataset")
+  if data_config.batch_size > ds.num_train:
+    raise ConfigError(f"config.data.batch_size={data_config.batch_size} is larger than the "
+                      f"{ds.num_train} training examples of '{name}'")
+  return ds

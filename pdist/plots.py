@@ -1,0 +1,68 @@
+"""Figures from metrics files: python -m pdist.plots DIR [DIR ...] [--x step|sim_time] [--out PNG]
+
+Draws training loss, eval loss and eval accuracy of one or several runs side by side; the PNG goes
+to the first workdir (curves.png) unless --out says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pdist import metrics
+
+PANELS = (("loss", "train loss"), ("eval_loss", "eval loss"), ("eval_accuracy", "eval accuracy"))
+
+
+def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
+              labels: list[str] | None = None, log_loss: bool = True) -> str:
+  """Writes the curves of `workdirs` to a PNG and returns its path."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = [(labels[i] if labels else os.path.basename(os.path.normpath(d)), metrics.read(d))
+          for i, d in enumerate(workdirs)]
+  panels = [p for p in PANELS if any(p[0] in r for _, rows in runs for r in rows)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+  for ax, (key, title) in zip(axes[0], panels):
+    for label, rows in runs:
+      pts = [(r[x], r[key]) for r in rows if key in r and x in r and isinstance(r[key], float)]
+      if pts:
+        ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
+    ax.set_title(title)
+    ax.set_xlabel({"step": "updates", "sim_time": "simulated time"}.get(x, x))
+    if log_loss and "loss" in key:
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  out = out or os.path.join(workdirs[0], "curves.png" if x == "step" else f"curves_{x}.png")
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m pdist.plots", description=__doc__.split("\n")[0])
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--x", default="step", help="x axis: step or sim_time")
+  parser.add_argument("--out", default=None, help="PNG path (default: FIRST_WORKDIR/curves.png)")
+  parser.add_argument("--labels", default=None, help="comma-separated legend labels")
+  args = parser.parse_args(argv)
+  for d in args.workdirs:
+    if not os.path.isfile(os.path.join(d, "metrics.jsonl")):
+      print(f"pdist.plots: error: {d} has no metrics.jsonl", file=sys.stderr)
+      return 2
+  labels = args.labels.split(",") if args.labels else None
+  if labels and len(labels) != len(args.workdirs):
+    print("pdist.plots: error: --labels needs one label per workdir", file=sys.stderr)
+    return 2
+  out = plot_runs(args.workdirs, args.out, args.x, labels)
+  print(f"pdist.plots: wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
