@@ -19,6 +19,7 @@ def _mlp(c):
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 0.0
   c.train.steps = 8000
+  c.train.eval_every = 1000
 
 
 def _cnn(c):
@@ -29,6 +30,7 @@ def _cnn(c):
   c.optim.learning_rate = 3e-3
   c.optim.schedule = "cosine"
   c.train.steps = 3000
+  c.train.eval_every = 250
 
 
 def _tiny(c):

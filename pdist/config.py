@@ -158,8 +158,9 @@ def load(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     config = module.get_config(arg or None)
   except ConfigError:
     raise
-  except AttributeError as e:
-    raise ConfigError(f"{path}: {e}") from None
+  except Exception as e:  # e.g. a locked field misspelt in the experiment file
+    raise ConfigError(f"config file '{path}' get_config({arg!r}) failed: "
+                      f"{type(e).__name__}: {e}") from None
   for item in overrides:
     if not item.startswith("--config.") or "=" not in item:
       raise ConfigError(f"override '{item}' must look like --config.group.field=value")

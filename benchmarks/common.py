@@ -1,0 +1,55 @@
+"""Shared benchmark helpers: the MLP workload, timing, and the one-JSON-line report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+
+def mlp_config(batch_size: int = 256, steps: int = 1000, strategy: str = "single"):
+  """MLP 784-512-512-10 on synthetic teacher data, SGD lr 0.05 momentum 0.9, float32."""
+  from pdist.config import base_config
+  c = base_config()
+  c.strategy = strategy
+  c.data.name = "teacher"
+  c.data.num_train = 16384
+  c.data.num_test = 1024
+  c.data.batch_size = batch_size
+  c.model.name = "mlp"
+  c.model.hidden = (512, 512)
+  c.optim.name = "sgd"
+  c.optim.learning_rate = 0.05
+  c.optim.momentum = 0.9
+  c.train.steps = steps
+  c.train.log_every = 100
+  c.train.eval_every = 0
+  return c
+
+
+def timed(fn, repeats: int = 3) -> float:
+  """Best wall seconds of `repeats` calls of fn() (fn must block on its result)."""
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def machine() -> str:
+  import jax
+  dev = jax.devices()[0]
+  kind = getattr(dev, "device_kind", dev.platform)
+  return f"{platform.machine()} {os.cpu_count()} cores, {dev.platform}: {kind}"
+
+
+def report(name: str, **fields) -> None:
+  row = {"benchmark": name, "machine": machine(), **fields}
+  print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))

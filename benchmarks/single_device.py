@@ -1,0 +1,96 @@
+"""Single-device training rate: pdist's own loop versus a minimal hand-written jitted step.
+
+Workload: MLP 784-512-512-10, synthetic teacher data, batch 256, SGD lr 0.05 momentum 0.9, float32.
+pdist is timed through train.run (the path `python -m pdist` takes: metrics file, progress bar
+and all), in steady state (see pdist_rate) and end to end; the floor is a jitted step on batches already on the device, called in a Python loop and
+blocked on at the end. Both run in this process, alternately, best of 3; prints one JSON line.
+
+  python benchmarks/single_device.py [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+from common import mlp_config, report, timed
+
+
+def floor_rate(config, steps: int) -> float:
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from pdist import data, tasks
+  ds = data.load(config.data)
+  task = tasks.build(config, ds)
+  tx = optax.sgd(config.optim.learning_rate, momentum=config.optim.momentum)
+  params = task.init(jax.random.PRNGKey(0))
+  opt_state = tx.init(params)
+  b = config.data.batch_size
+  xs = jnp.asarray(ds.x_train[:16 * b]).reshape(16, b, -1)
+  ys = jnp.asarray(ds.y_train[:16 * b]).reshape(16, b)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss(p):
+      return optax.softmax_cross_entropy_with_integer_labels(task_apply(p, x), y).mean()
+    g = jax.grad(loss)(params)
+    updates, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  from pdist import models
+  module = models.build(config.model, 10)
+
+  def task_apply(p, x):
+    return module.apply({"params": p}, x)
+
+  state = [params, opt_state]
+
+  def go():
+    p, o = state
+    for i in range(steps):
+      p, o = step(p, o, xs[i % 16], ys[i % 16])
+    jax.block_until_ready(p)
+    state[:] = [p, o]
+
+  go_warm = step(params, opt_state, xs[0], ys[0])
+  jax.block_until_ready(go_warm)
+  return steps / timed(go)
+
+
+def pdist_rate(config, steps: int) -> tuple[float, float]:
+  """(steady-state rate of train.run's loop, end-to-end rate including set-up and compilation).
+
+  The steady state is read off the run's own metrics: wall_time between the first and the last
+  logged row, so it covers everything the loop does per interval (strategy, metrics file,
+  progress bar) but not data generation and the first chunk's compilation.
+  """
+  from pdist import train
+  config.train.steps = steps
+  best_loop, best_total = 0.0, 0.0
+  for _ in range(3):
+    result = train.run(config, tempfile.mkdtemp(prefix="pdist_bench_"))
+    first, last = result.rows[0], result.rows[-1]
+    best_loop = max(best_loop, (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"]))
+    best_total = max(best_total, result.summary["updates_per_sec"])
+  return best_loop, best_total
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--batch", type=int, default=256)
+  args = parser.parse_args()
+  config = mlp_config(batch_size=args.batch, steps=args.steps)
+  floor = floor_rate(config, args.steps)
+  ours, end_to_end = pdist_rate(config, args.steps)
+  floor2 = floor_rate(config, args.steps)  # again, so a noisy neighbour hits both sides
+  floor = max(floor, floor2)
+  report("single_device", batch=args.batch, steps=args.steps, pdist_steps_per_sec=ours,
+         floor_steps_per_sec=floor, ratio=ours / floor,
+         pdist_end_to_end_steps_per_sec=end_to_end)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,73 @@
+"""Bad input gets one clear sentence and a non-zero exit, never a traceback."""
+
+import os
+
+import pytest
+
+from conftest import EXPERIMENTS
+from pdist.__main__ import main
+
+MNIST = os.path.join(EXPERIMENTS, "mnist1d.py") + ":tiny"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.optim.nonexistent=1"], "unknown config field 'config.optim.nonexistent'"),
+    (["--config.nothing.lr=1"], "unknown config field 'config.nothing.lr'"),
+    (["--config.optim.learning_rate=-0.1"], "config.optim.learning_rate must be positive, got -0.1"),
+    (["--config.optim.learning_rate=fast"], "config.optim.learning_rate must be of type float"),
+    (["--config.model.name=resnet"], "config.model.name='resnet' is not one of: mlp, cnn1d"),
+    (["--config.data.name=imagenet"], "config.data.name='imagenet' is not one of: mnist1d"),
+    (["--config.optim.name=lamb"], "config.optim.name='lamb' is not one of: sgd, adam, adamw"),
+    (["--config.data.batch_size=100000"],
+     "config.data.batch_size=100000 is larger than the 400 training examples of 'mnist1d'"),
+    (["--config.train.steps=0"], "config.train.steps must be positive, got 0"),
+    (["--config.optim.momentum=1.5"], "config.optim.momentum must be below 1"),
+    (["--config.optim.schedule=warmup"], "needs config.optim.warmup_steps > 0"),
+    (["--config.model.name=cnn2d"], "config.model.name='cnn2d' needs image inputs"),
+    (["--config.optim=1"], "config.optim is a group, not a field"),
+    (["config.optim.learning_rate=1"], "must look like --config.group.field=value"),
+])
+def test_bad_field_gives_one_clear_line(args, message, tmp_path, capsys):
+  code = main(["--config", MNIST, "--workdir", str(tmp_path / "w")] + args)
+  err = capsys.readouterr().err
+  assert code == 2
+  assert message in err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_config_file(tmp_path, capsys):
+  code = main(["--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and f"config file '{tmp_path / 'nope.py'}' does not exist" in err
+
+
+def test_unknown_preset(tmp_path, capsys):
+  code = main(["--config", os.path.join(EXPERIMENTS, "mnist1d.py") + ":huge", "--workdir",
+               str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 2 and "unknown preset 'huge' for mnist1d; choose from: cnn, mlp, tiny" in err
+
+
+def test_broken_experiment_file(tmp_path, capsys):
+  bad = tmp_path / "bad.py"
+  bad.write_text("def get_config(arg=None):\n  return 1/0\n")
+  code = main(["--config", str(bad), "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err
+  assert code == 2 and "ZeroDivisionError" in err and "Traceback" not in err
+
+
+def test_diverging_run_stops_with_clear_message(tmp_path, capsys):
+  code = main(["--config", MNIST, "--workdir", str(tmp_path / "w"),
+               "--config.optim.name=sgd", "--config.optim.learning_rate=1e30",
+               "--config.train.progress=False"])
+  err = capsys.readouterr().err
+  assert code == 3
+  assert "training loss became nan" in err or "training loss became inf" in err
+
+
+def test_preset_values_and_overrides_compose():
+  from pdist import config as config_lib
+  c = config_lib.load(os.path.join(EXPERIMENTS, "mnist1d.py") + ":cnn,tiny,optim.learning_rate=0.5",
+                      ["--config.model.hidden=(8,8)", "--config.train.steps=7"])
+  assert c.model.name == "cnn1d" and c.optim.learning_rate == 0.5
+  assert c.model.hidden == (8, 8) and c.train.steps == 7

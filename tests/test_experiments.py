@@ -1,0 +1,63 @@
+"""Every experiment config runs with :tiny; the command line works end to end."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import EXPERIMENTS, ROOT, load_experiment
+from pdist import metrics, plots, train
+
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(EXPERIMENTS, "*.py")))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_runs_tiny(name, tmp_path):
+  config = load_experiment(name, "tiny")
+  config.train.progress = False
+  result = train.run(config, str(tmp_path))
+  rows = metrics.read(str(tmp_path))
+  assert rows and rows[-1]["step"] == config.train.steps
+  assert result.summary["steps"] == config.train.steps
+
+
+def test_experiment_docstrings_give_the_command():
+  for name in NAMES:
+    source = open(os.path.join(EXPERIMENTS, f"{name}.py")).read()
+    assert "python -m pdist" in source, f"experiments/{name}.py docstring lacks its command"
+
+
+def test_command_line_end_to_end(tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.run(
+      [sys.executable, "-m", "pdist", "--config", "experiments/mnist1d.py:cnn,tiny",
+       "--workdir", str(workdir), "--config.train.steps", "40"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  final = json.loads(proc.stdout.splitlines()[0])
+  assert final["step"] == 40 and 0 <= final["eval_accuracy"] <= 1
+  assert "step/s" in proc.stderr  # the tqdm progress bar
+  for f in ("config.json", "metrics.jsonl", "summary.json"):
+    assert (workdir / f).is_file()
+  proc = subprocess.run([sys.executable, "-m", "pdist.plots", str(workdir)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  png = workdir / "curves.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_overlays_several_runs(tmp_path):
+  dirs = []
+  for lr in (0.01, 0.001):
+    d = str(tmp_path / f"lr{lr}")
+    c = load_experiment("mnist1d", "tiny")
+    c.train.progress, c.optim.learning_rate = False, lr
+    train.run(c, d)
+    dirs.append(d)
+  out = plots.plot_runs(dirs, labels=["lr 0.01", "lr 0.001"])
+  assert out == os.path.join(dirs[0], "curves.png") and os.path.getsize(out) > 10_000
+  assert plots.main([str(tmp_path / "missing")]) == 2

@@ -1,0 +1,29 @@
+"""Every notebook under notebooks/ executes top to bottom on a real Jupyter kernel."""
+
+import glob
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import ROOT
+
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_executes(path):
+  nb = nbformat.read(path, as_version=4)
+  env_path = os.environ.get("PYTHONPATH", "")
+  os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env_path if env_path else "")
+  try:
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+  finally:
+    os.environ["PYTHONPATH"] = env_path
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+  assert not errors
+  assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+             for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

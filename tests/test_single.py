@@ -1,0 +1,113 @@
+"""The single-device strategy against hand-written updates, and the train loop's invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import load_experiment
+from pdist import data, metrics, optim, tasks, train
+
+
+def _config(**overrides):
+  c = load_experiment("mnist1d", "tiny")
+  c.train.progress = False
+  for k, v in overrides.items():
+    group, field = k.split("__")
+    c[group][field] = v
+  return c
+
+
+def test_single_equals_hand_written_sgd():
+  c = _config(optim__name="sgd", optim__learning_rate=0.05, optim__momentum=0.0,
+              train__steps=12, train__log_every=5, train__eval_every=0)
+  result = train.run(c)
+  ds = data.load(c.data)
+  task = tasks.build(c, ds)
+  params = task.init(jax.random.PRNGKey(c.train.seed))
+  grad = jax.jit(jax.grad(lambda p, b: task.loss(p, b, None)[0]))
+  for step in range(12):
+    idx = data.batch_indices(c.train.seed, step, c.data.batch_size, ds.num_train)[0]
+    g = grad(params, {"x": ds.x_train[idx], "y": ds.y_train[idx]})
+    params = jax.tree.map(lambda p, g: p - 0.05 * g, params, g)
+  for a, b in zip(jax.tree.leaves(result.params), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_chunking_does_not_change_the_result():
+  a = train.run(_config(train__steps=30, train__log_every=1, train__eval_every=0))
+  b = train.run(_config(train__steps=30, train__log_every=30, train__eval_every=0))
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_two_runs_give_identical_metrics(tmp_path):
+  for name in ("a", "b"):
+    train.run(_config(optim__name="adam", optim__learning_rate=0.01), str(tmp_path / name))
+  ra, rb = metrics.read(str(tmp_path / "a")), metrics.read(str(tmp_path / "b"))
+  assert metrics.without_timing(ra) == metrics.without_timing(rb)
+  assert len(ra) >= 3 and all("steps_per_sec" in r for r in ra)
+
+
+def test_metrics_rows_and_summary(tmp_path):
+  c = _config(train__steps=60, train__log_every=20, train__eval_every=30)
+  train.run(c, str(tmp_path))
+  rows = metrics.read(str(tmp_path))
+  assert [r["step"] for r in rows] == [20, 30, 40, 60]
+  assert all("loss" in r for r in rows)
+  assert [r["step"] for r in rows if "eval_accuracy" in r] == [30, 60]
+  summary = __import__("json").load(open(tmp_path / "summary.json"))
+  assert summary["step"] == 60 and summary["updates_per_sec"] > 0
+  assert summary["eval_accuracy"] == rows[-1]["eval_accuracy"]
+  cfg = __import__("json").load(open(tmp_path / "config.json"))
+  assert cfg["train"]["steps"] == 60 and cfg["model"]["name"] == c.model.name
+
+
+def test_training_learns_mnist1d_cnn():
+  c = _config(model__name="cnn1d", optim__name="adam", optim__learning_rate=3e-3,
+              train__steps=300, train__log_every=300)
+  c.data.num_train, c.data.num_test = 4000, 1000
+  c.model.hidden = (16, 16, 16)
+  summary = train.run(c).summary
+  assert summary["eval_accuracy"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("constant", [1.0, 1.0, 1.0]),
+    ("warmup", [0.0, 0.5, 1.0]),
+    ("cosine", [1.0, 0.5, 0.0]),
+])
+def test_schedules(schedule, expected):
+  c = _config(optim__learning_rate=1.0, optim__schedule=schedule, optim__warmup_steps=10,
+              train__steps=20)
+  lr = optim.schedule(c)
+  np.testing.assert_allclose([lr(0), lr(5 if schedule == "warmup" else 10), lr(20)
+                              if schedule != "warmup" else lr(10)], expected, atol=1e-6)
+
+
+def test_optimizers_match_optax():
+  for name, ref in (("adam", optax.adam(0.1)), ("adamw", optax.adamw(0.1, weight_decay=0.01)),
+                    ("sgd", optax.sgd(0.1, momentum=0.9))):
+    c = _config(optim__name=name, optim__learning_rate=0.1, optim__weight_decay=0.01,
+                optim__momentum=0.9 if name == "sgd" else 0.0)
+    tx = optim.build(c)
+    p = {"w": jnp.arange(3.0)}
+    g = {"w": jnp.array([0.3, -1.0, 2.0])}
+    u1, _ = tx.update(g, tx.init(p), p)
+    u2, _ = ref.update(g, ref.init(p), p)
+    np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dataset, model", [("digits", "cnn2d"), ("teacher", "mlp"),
+                                            ("regression", "linear"), ("mnist1d", "cnn1d")])
+def test_every_dataset_model_pair_trains(dataset, model):
+  c = _config(data__name=dataset, model__name=model, optim__name="adam",
+              optim__learning_rate=0.01, train__steps=40, train__log_every=40)
+  c.data.num_train, c.data.num_test, c.data.dim = 512, 128, 32
+  c.model.hidden = (16,)
+  r = train.run(c)
+  first_loss = float(r.strategy.task.loss(
+      r.strategy.task.init(jax.random.PRNGKey(0)),
+      {"x": r.strategy.task.dataset.x_test, "y": r.strategy.task.dataset.y_test}, None)[0])
+  assert r.summary["eval_loss"] < first_loss
