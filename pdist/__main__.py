@@ -20,6 +20,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                    description="Train a pdist experiment.")
   parser.add_argument("--config", required=True, help="experiment file, optionally :presets")
   parser.add_argument("--workdir", required=True, help="directory for metrics, summary, plots")
+  group = parser.add_argument_group("several processes (one per machine, or pdist.launch)")
+  group.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  group.add_argument("--num_processes", type=int, default=1)
+  group.add_argument("--process_id", type=int, default=0)
+  group.add_argument("--local_devices", type=int, default=0,
+                     help="CPU devices of this process (0 = as configured)")
+  group.add_argument("--init_timeout", type=int, default=60,
+                     help="seconds to wait for all processes to join")
   args, rest = parser.parse_known_args(argv)
   # argparse may hand back "--config.x" "v" as two items; join them to "--config.x=v"
   overrides, i = [], 0
@@ -42,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pdist: error: {e}", file=sys.stderr)
     return 2
 
+  if args.coordinator or args.num_processes > 1:
+    from pdist.parallel import multihost
+    try:
+      multihost.initialize(args.coordinator or "", args.num_processes, args.process_id,
+                           args.local_devices, args.init_timeout)
+    except multihost.DistributedError as e:
+      print(f"pdist: error: {e}", file=sys.stderr)
+      return 4
+  elif args.local_devices:
+    import jax
+    jax.config.update("jax_num_cpu_devices", args.local_devices)
+
   from pdist import train
 
   try:
@@ -52,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
   except train.TrainingError as e:
     print(f"pdist: training stopped: {e}", file=sys.stderr)
     return 3
+  import jax
+  if jax.process_index() != 0:
+    return 0
   final = {k: v for k, v in result.summary.items()
            if k.startswith("eval_") or k in ("loss", "step", "updates_per_sec")}
   print(json.dumps(final, sort_keys=True))

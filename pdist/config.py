@@ -28,7 +28,8 @@ DATASETS = ("mnist1d", "digits", "teacher", "regression", "quadratic")
 MODELS = ("mlp", "cnn1d", "cnn2d", "linear", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup", "warmup_cosine")
-STRATEGIES = ("single",)
+STRATEGIES = ("single", "sync")
+SYNC_BACKENDS = ("shard_map", "pmap")
 PARTITIONS = ("iid", "label", "dirichlet")
 
 
@@ -60,6 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.optim.grad_clip = 0.0      # global-norm clipping; 0 = off
+  c.optim.accumulate_steps = 1  # micro-batches per update (batch_size is split into this many)
+  c.optim.base_batch_size = 0   # > 0: linear scaling, lr * batch_size / base_batch_size (Goyal 2017)
+
+  c.sync = ml_collections.ConfigDict()
+  c.sync.devices = 0           # devices in the data-parallel mesh; 0 = all visible (all processes)
+  c.sync.backend = "shard_map"  # shard_map (jit of jax.shard_map) or pmap
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -67,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500     # 0 = evaluate only at the end
   c.train.seed = 0
   c.train.progress = True      # tqdm bar on stderr
+  c.train.save_params = False  # write the final parameters to WORKDIR/params.npz
   return c
 
 
@@ -202,6 +210,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("data.batch_size", "data.num_train", "data.num_test", "data.dim",
                 "optim.learning_rate", "train.steps", "train.log_every"):
     _positive(config, field)
+  _choice(config, "sync.backend", SYNC_BACKENDS)
+  for field in ("optim.accumulate_steps",):
+    _positive(config, field)
+  for field in ("sync.devices", "optim.base_batch_size"):
+    _positive(config, field, allow_zero=True)
+  if config.data.batch_size % config.optim.accumulate_steps:
+    raise ConfigError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
+                      f"config.optim.accumulate_steps={config.optim.accumulate_steps}")
   for field in ("optim.momentum", "optim.weight_decay", "optim.warmup_steps",
                 "optim.grad_clip", "train.eval_every"):
     _positive(config, field, allow_zero=True)

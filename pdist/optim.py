@@ -2,7 +2,7 @@
 
 sgd (optional heavy-ball or Nesterov momentum), adam, adamw; learning-rate schedules constant,
 cosine (decay to 0 over train.steps), warmup (linear from 0 over warmup_steps, then constant) and
-warmup_cosine; optional global-norm gradient clipping.
+warmup_cosine; optional global-norm gradient clipping; the linear scaling rule for large batches.
 """
 
 from __future__ import annotations
@@ -12,9 +12,21 @@ import optax
 from pdist.config import ConfigError
 
 
+def scaled_learning_rate(config) -> float:
+  """config.optim.learning_rate, times batch_size / base_batch_size when base_batch_size > 0.
+
+  The linear scaling rule (Goyal et al. 2017): when the global batch grows k-fold, grow the
+  learning rate k-fold; pair it with a warmup schedule for large k.
+  """
+  lr = config.optim.learning_rate
+  if config.optim.base_batch_size > 0:
+    lr *= config.data.batch_size / config.optim.base_batch_size
+  return lr
+
+
 def schedule(config) -> optax.Schedule:
   """The learning rate as a function of the update count."""
-  lr, steps, warmup = config.optim.learning_rate, config.train.steps, config.optim.warmup_steps
+  lr, steps, warmup = scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps
   name = config.optim.schedule
   if name == "constant":
     return optax.constant_schedule(lr)

@@ -1,4 +1,4 @@
-"""Figures from metrics files: python -m pdist.plots DIR [DIR ...] [--x step|sim_time] [--out PNG]
+"""Figures from metrics files: python -m pdist.plots DIR [DIR ...] [--x step|epoch|sim_time] [--out PNG]
 
 Draws training loss, eval loss and eval accuracy of one or several runs side by side; the PNG goes
 to the first workdir (curves.png) unless --out says otherwise.
@@ -32,7 +32,7 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
       if pts:
         ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
     ax.set_title(title)
-    ax.set_xlabel({"step": "updates", "sim_time": "simulated time"}.get(x, x))
+    ax.set_xlabel({"step": "updates", "sim_time": "simulated time", "epoch": "epochs"}.get(x, x))
     if log_loss and "loss" in key:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -47,7 +47,7 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pdist.plots", description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")
-  parser.add_argument("--x", default="step", help="x axis: step or sim_time")
+  parser.add_argument("--x", default="step", help="x axis: step, epoch or sim_time")
   parser.add_argument("--out", default=None, help="PNG path (default: FIRST_WORKDIR/curves.png)")
   parser.add_argument("--labels", default=None, help="comma-separated legend labels")
   args = parser.parse_args(argv)

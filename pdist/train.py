@@ -35,6 +35,20 @@ class Result:
     return self.strategy.params(self.state)
 
 
+def save_params(path: str, params) -> None:
+  """Writes a parameter pytree as .npz, one array per leaf named by its key path."""
+  import numpy as np
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+  np.savez(path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
+
+
+def load_params(path: str) -> dict:
+  """The arrays of a params.npz, keyed by key path (see save_params)."""
+  import numpy as np
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
 def _next_stop(step: int, config) -> int:
   """The next step at which to log, evaluate or finish."""
   t = config.train
@@ -61,7 +75,8 @@ def run(config, workdir: str | None = None) -> Result:
   writer = metrics.MetricsWriter(workdir, enabled=is_writer) if workdir else None
   steps, eval_every = config.train.steps, config.train.eval_every
   step = strategy.step(state)
-  bar = metrics.progress(steps, initial=step, enabled=config.train.progress)
+  bar = metrics.progress(steps, initial=step,
+                         enabled=config.train.progress and jax.process_index() == 0)
   rows: list[dict[str, Any]] = []
   start = time.perf_counter()
   last_row: dict[str, Any] = {}
@@ -79,6 +94,8 @@ def run(config, workdir: str | None = None) -> Result:
             f"config.optim.learning_rate (now {config.optim.learning_rate}) or set "
             "config.optim.grad_clip")
       row = {"step": step, **chunk}
+      if dataset.num_train:
+        row["epoch"] = step * config.data.batch_size / dataset.num_train
       if (eval_every and step % eval_every == 0) or step == steps:
         row.update(task.evaluate(strategy.params(state)))
       row["steps_per_sec"] = n / elapsed
@@ -101,4 +118,6 @@ def run(config, workdir: str | None = None) -> Result:
                  strategy=config.strategy, steps=steps)
   if is_writer:
     metrics.write_json(os.path.join(workdir, "summary.json"), summary)
+    if config.train.save_params:
+      save_params(os.path.join(workdir, "params.npz"), strategy.params(state))
   return Result(summary, state, strategy, rows)

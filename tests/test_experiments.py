@@ -61,3 +61,16 @@ def test_plot_overlays_several_runs(tmp_path):
   out = plots.plot_runs(dirs, labels=["lr 0.01", "lr 0.001"])
   assert out == os.path.join(dirs[0], "curves.png") and os.path.getsize(out) > 10_000
   assert plots.main([str(tmp_path / "missing")]) == 2
+
+
+def test_sweep_runs_every_variant_and_plots(tmp_path):
+  from pdist import sweep
+  summaries = sweep.run_sweep(os.path.join(EXPERIMENTS, "large_batch.py") + ":tiny",
+                              str(tmp_path), ["--config.train.progress=False"])
+  assert [s["variant"] for s in summaries] == ["small", "large_scaled", "large"]
+  assert {s["step"] for s in summaries} == {20}
+  for png in ("curves.png", "curves_epoch.png"):
+    assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+  # the scaled variant really ran at 8x the learning rate of `small`
+  scaled = json.load(open(tmp_path / "large_scaled" / "config.json"))
+  assert scaled["data"]["batch_size"] == 256 and scaled["optim"]["base_batch_size"] == 32

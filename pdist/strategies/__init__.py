@@ -11,6 +11,9 @@ def build(config, task) -> Strategy:
   """The strategy named by `config.strategy`, for `task`."""
   if config.strategy == "single":
     return Single(config, task)
+  if config.strategy == "sync":
+    from pdist.parallel.sync import Sync
+    return Sync(config, task)
   raise ConfigError(f"config.strategy='{config.strategy}' is not a known strategy")
 
 

@@ -50,15 +50,40 @@ def init_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   return rng, jax.random.fold_in(rng, 1)
 
 
-def grad_fn(task: Task):
-  """params, batch, rng -> (grads, (loss, aux)). The one place gradients are taken."""
+def grad_fn(task: Task, accumulate_steps: int = 1):
+  """params, batch, rng -> (grads, (loss, aux)). The one place gradients are taken.
+
+  With accumulate_steps = A > 1 the batch is cut into A equal micro-batches, processed one after
+  another in a `lax.scan` (so only one micro-batch's activations are live), and the gradients,
+  losses and metrics are averaged: the mean over A micro-batches of b equals the gradient of the
+  whole batch of A*b, up to float rounding, at a fraction of the memory.
+  """
   value_and_grad = jax.value_and_grad(task.loss, has_aux=True)
 
   def compute(params, batch, rng):
     (loss, aux), grads = value_and_grad(params, batch, rng)
     return grads, (loss, aux)
 
-  return compute
+  if accumulate_steps == 1:
+    return compute
+
+  def accumulated(params, batch, rng):
+    micro = jax.tree.map(
+        lambda v: v.reshape((accumulate_steps, v.shape[0] // accumulate_steps) + v.shape[1:]),
+        batch)
+
+    def body(grad_sum, i_and_batch):
+      i, mb = i_and_batch
+      grads, (loss, aux) = compute(params, mb, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, grad_sum, grads), (loss, aux)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grad_sum, (losses, auxes) = jax.lax.scan(
+        body, zeros, (jnp.arange(accumulate_steps), micro), length=accumulate_steps)
+    grads = jax.tree.map(lambda g: g / accumulate_steps, grad_sum)
+    return grads, (losses.mean(), jax.tree.map(jnp.mean, auxes))
+
+  return accumulated
 
 
 def apply_gradient(tx: optax.GradientTransformation, params, opt_state, grads):

@@ -30,20 +30,27 @@ class Single(base.Strategy):
     self.data = None
     if task.has_data:
       self.data = jax.device_put({"x": ds.x_train, "y": ds.y_train}, self.device)
-    self._grad = base.grad_fn(task)
+    self._grad = base.grad_fn(task, config.optim.accumulate_steps)
     self._chunk = jax.jit(self._run_chunk, static_argnums=(3,), donate_argnums=(0,))
 
-  def init(self, rng):
+  def initial_state(self, rng):
+    """The state before any update (on the default device)."""
     init_key, step_key = base.init_keys(rng)
     params = self.task.init(init_key)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt_state": self.tx.init(params), "step_key": step_key}
-    return jax.device_put(state, self.device)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": self.tx.init(params), "step_key": step_key}
+
+  def init(self, rng):
+    return jax.device_put(self.initial_state(rng), self.device)
+
+  def gradients(self, params, batch, rng):
+    """(grads, (loss, aux)) of one batch; data-parallel strategies add their all-reduce here."""
+    return self._grad(params, batch, rng)
 
   def update(self, state, batch):
     """One update on one batch: theta <- optimizer(theta, grad(loss)(theta, batch))."""
     rng = jax.random.fold_in(state["step_key"], state["step"])
-    grads, (loss, aux) = self._grad(state["params"], batch, rng)
+    grads, (loss, aux) = self.gradients(state["params"], batch, rng)
     params, opt_state = base.apply_gradient(self.tx, state["params"], state["opt_state"], grads)
     new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
     return new, {"loss": loss, **aux}

@@ -1,0 +1,78 @@
+"""python -m pdist.sweep --config experiments/NAME.py[:presets] --workdir DIR [--config.x=y ...]
+
+Runs every variant that the experiment's `get_hyper(arg)` declares, one after another, each into
+DIR/<variant>, then overlays their curves in DIR/curves.png (and DIR/curves_epoch.png when the
+runs have data). `get_hyper` returns a list of (name, {"group.field": value, ...}) pairs; the
+command line's overrides apply to every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+from pdist import config as config_lib
+
+
+def variants(spec: str) -> list[tuple[str, dict]]:
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f"config file '{path}' does not exist")
+  module_spec = importlib.util.spec_from_file_location("pdist_sweep_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_hyper"):
+    raise config_lib.ConfigError(f"config file '{path}' defines no get_hyper(arg) to sweep over")
+  return list(module.get_hyper(arg or None))
+
+
+def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
+  """Trains each variant; returns their summaries (with a "variant" field)."""
+  from pdist import plots, train
+  summaries, dirs, names = [], [], []
+  for name, fields in variants(spec):
+    extra = [f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
+             for k, v in fields.items()]
+    config = config_lib.load(spec, list(overrides) + extra)
+    print(f"pdist.sweep: {name}: " + ", ".join(f"{k}={v}" for k, v in fields.items()),
+          file=sys.stderr)
+    out = os.path.join(workdir, name)
+    summary = dict(train.run(config, out).summary, variant=name)
+    summaries.append(summary)
+    dirs.append(out)
+    names.append(name)
+  plots.plot_runs(dirs, os.path.join(workdir, "curves.png"), labels=names)
+  if "epoch" in train_rows_keys(dirs[0]):
+    plots.plot_runs(dirs, os.path.join(workdir, "curves_epoch.png"), x="epoch", labels=names)
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(summaries, f, indent=2, sort_keys=True)
+  return summaries
+
+
+def train_rows_keys(workdir: str) -> set[str]:
+  from pdist import metrics
+  return set().union(*[r.keys() for r in metrics.read(workdir)])
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m pdist.sweep")
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--workdir", required=True)
+  args, overrides = parser.parse_known_args(argv)
+  try:
+    summaries = run_sweep(args.config, args.workdir, overrides)
+  except config_lib.ConfigError as e:
+    print(f"pdist.sweep: error: {e}", file=sys.stderr)
+    return 2
+  for s in summaries:
+    print(json.dumps({k: s[k] for k in ("variant", "step", "loss", "eval_loss", "eval_accuracy")
+                      if k in s}))
+  print(f"pdist.sweep: curves in {os.path.join(args.workdir, 'curves.png')}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
