@@ -13,24 +13,15 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 
+WORKLOAD = os.path.join(ROOT, "experiments", "teacher_mlp.py")
+
+
 def mlp_config(batch_size: int = 256, steps: int = 1000, strategy: str = "single"):
-  """MLP 784-512-512-10 on synthetic teacher data, SGD lr 0.05 momentum 0.9, float32."""
-  from pdist.config import base_config
-  c = base_config()
-  c.strategy = strategy
-  c.data.name = "teacher"
-  c.data.num_train = 16384
-  c.data.num_test = 1024
-  c.data.batch_size = batch_size
-  c.model.name = "mlp"
-  c.model.hidden = (512, 512)
-  c.optim.name = "sgd"
-  c.optim.learning_rate = 0.05
-  c.optim.momentum = 0.9
-  c.train.steps = steps
-  c.train.log_every = 100
-  c.train.eval_every = 0
-  return c
+  """experiments/teacher_mlp.py: MLP 784-512-512-10, teacher data, SGD lr 0.05 momentum 0.9."""
+  from pdist import config as config_lib
+  return config_lib.load(WORKLOAD, [f"--config.data.batch_size={batch_size}",
+                                    f"--config.train.steps={steps}",
+                                    f"--config.strategy={strategy}"])
 
 
 def timed(fn, repeats: int = 3) -> float:
