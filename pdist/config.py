@@ -28,7 +28,10 @@ DATASETS = ("mnist1d", "digits", "teacher", "regression", "quadratic")
 MODELS = ("mlp", "cnn1d", "cnn2d", "linear", "none")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup", "warmup_cosine")
-STRATEGIES = ("single", "sync")
+STRATEGIES = ("single", "sync", "ps")
+CONSISTENCY = ("bsp", "ssp", "async")
+PS_PARTITIONS = ("iid", "label", "dirichlet", "shared")
+COMPUTE_DISTS = ("constant", "lognormal")
 SYNC_BACKENDS = ("shard_map", "pmap")
 PARTITIONS = ("iid", "label", "dirichlet")
 
@@ -67,6 +70,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.sync = ml_collections.ConfigDict()
   c.sync.devices = 0           # devices in the data-parallel mesh; 0 = all visible (all processes)
   c.sync.backend = "shard_map"  # shard_map (jit of jax.shard_map) or pmap
+
+  c.ps = ml_collections.ConfigDict()
+  c.ps.workers = 4
+  c.ps.shards = 1              # server shards; parameter leaves are split over them by bytes
+  c.ps.partition = "iid"       # iid / label / dirichlet: each worker's own part of the data;
+                               # shared: worker k takes slice k of one global batch (as sync does)
+  c.ps.dirichlet_alpha = 0.5
+  c.ps.consistency = "async"   # bsp / ssp / async
+  c.ps.backup_workers = 0      # bsp: apply the first workers - backup_workers arrivals per round
+  c.ps.max_staleness = 0       # ssp: clock gap bound s >= 1 (required for ssp)
+  c.ps.staleness_lr = "none"   # none / inverse: lr / staleness when staleness >= 1
+  c.ps.compute_time = ml_collections.ConfigDict()
+  c.ps.compute_time.dist = "constant"  # constant / lognormal
+  c.ps.compute_time.mean = 1.0
+  c.ps.compute_time.spread = 0.0       # lognormal: sigma of log(time)
+  c.ps.stragglers = ml_collections.ConfigDict()
+  c.ps.stragglers.fraction = 0.0       # share of workers that are slow
+  c.ps.stragglers.factor = 1.0         # how many times slower
+  c.ps.latency = 0.0           # per message, simulated time units
+  c.ps.bandwidth = 0.0         # bytes per time unit per server shard link; 0 = unlimited
+  c.ps.failures = ml_collections.ConfigDict()
+  c.ps.failures.rate = 0.0             # crashes per worker per time unit (Poisson)
+  c.ps.failures.at = ()                # ((time, worker), ...) scripted crashes
+  c.ps.failures.restart_delay = 1.0
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -221,6 +248,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("optim.momentum", "optim.weight_decay", "optim.warmup_steps",
                 "optim.grad_clip", "train.eval_every"):
     _positive(config, field, allow_zero=True)
+  _choice(config, "ps.consistency", CONSISTENCY)
+  _choice(config, "ps.partition", PS_PARTITIONS)
+  _choice(config, "ps.staleness_lr", ("none", "inverse"))
+  _choice(config, "ps.compute_time.dist", COMPUTE_DISTS)
+  for field in ("ps.workers", "ps.shards", "ps.compute_time.mean", "ps.dirichlet_alpha",
+                "ps.stragglers.factor"):
+    _positive(config, field)
+  for field in ("ps.backup_workers", "ps.max_staleness", "ps.latency", "ps.bandwidth",
+                "ps.compute_time.spread", "ps.stragglers.fraction", "ps.failures.rate",
+                "ps.failures.restart_delay"):
+    _positive(config, field, allow_zero=True)
+  if config.strategy == "ps":
+    ps = config.ps
+    if ps.stragglers.fraction > 1:
+      raise ConfigError(f"config.ps.stragglers.fraction must be in [0, 1], got {ps.stragglers.fraction}")
+    if ps.consistency == "ssp" and ps.max_staleness < 1:
+      raise ConfigError("config.ps.consistency='ssp' needs config.ps.max_staleness >= 1 "
+                        "(the largest clock gap allowed; s = 0 would be bsp)")
+    if ps.backup_workers and ps.consistency != "bsp":
+      raise ConfigError("config.ps.backup_workers only applies to config.ps.consistency='bsp'")
+    if ps.backup_workers >= ps.workers:
+      raise ConfigError(f"config.ps.backup_workers={ps.backup_workers} must be below "
+                        f"config.ps.workers={ps.workers}")
+    for item in ps.failures.at:
+      if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] < 0
+          or not 0 <= int(item[1]) < ps.workers):
+        raise ConfigError(f"config.ps.failures.at entries must be (time >= 0, worker in "
+                          f"[0, {ps.workers})), got {item!r}")
   if config.data.num_classes < 2:
     raise ConfigError(f"config.data.num_classes must be at least 2, got {config.data.num_classes}")
   if config.optim.momentum >= 1:

@@ -95,7 +95,7 @@ def run(config, workdir: str | None = None) -> Result:
             "config.optim.grad_clip")
       row = {"step": step, **chunk}
       if dataset.num_train:
-        row["epoch"] = step * config.data.batch_size / dataset.num_train
+        row["epoch"] = step * strategy.examples_per_update(config) / dataset.num_train
       if (eval_every and step % eval_every == 0) or step == steps:
         row.update(task.evaluate(strategy.params(state)))
       row["steps_per_sec"] = n / elapsed

@@ -14,6 +14,9 @@ def build(config, task) -> Strategy:
   if config.strategy == "sync":
     from pdist.parallel.sync import Sync
     return Sync(config, task)
+  if config.strategy == "ps":
+    from pdist.ps.strategy import ParameterServerStrategy
+    return ParameterServerStrategy(config, task)
   raise ConfigError(f"config.strategy='{config.strategy}' is not a known strategy")
 
 

@@ -41,6 +41,10 @@ class Strategy(abc.ABC):
   def params(self, state: State) -> Any:
     return state["params"]
 
+  def examples_per_update(self, config) -> int:
+    """Training examples behind one update (for the `epoch` metric)."""
+    return config.data.batch_size
+
   def step(self, state: State) -> int:
     return int(state["step"])
 

@@ -1,0 +1,77 @@
+"""Parameter-server emulation cost: applied updates per second against plain jitted SGD.
+
+Workload: MLP 784-512-512-10, synthetic teacher data, batch 64 per worker, SGD lr 0.05 momentum
+0.9. pdist `ps` with async K = 4, 64, 256 and bsp K = 4 (steady state of train.run's loop, read
+off its metrics), and in the same process a minimal hand-written jitted single-device SGD step at
+batch 64 (the floor). Also the peak resident memory of a K = 256 run (measured in a fresh
+subprocess). Prints one JSON line.
+
+  python benchmarks/ps.py [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+
+from common import ROOT, mlp_config, report  # noqa: F401
+from single_device import floor_rate
+
+
+def ps_config(workers: int, consistency: str, steps: int):
+  c = mlp_config(batch_size=64, steps=steps, strategy="ps")
+  c.ps.workers = workers
+  c.ps.consistency = consistency
+  c.ps.partition = "shared" if consistency == "bsp" else "iid"
+  c.train.log_every = 250
+  c.train.progress = False
+  return c
+
+
+def ps_rate(workers: int, consistency: str, steps: int) -> float:
+  from pdist import train
+  best = 0.0
+  for _ in range(3):
+    rows = train.run(ps_config(workers, consistency, steps),
+                     tempfile.mkdtemp(prefix="pdist_bench_ps_")).rows
+    first, last = rows[0], rows[-1]
+    best = max(best, (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"]))
+  return best
+
+
+def peak_memory_mb(workers: int, steps: int) -> float:
+  """Peak RSS of a fresh process running the K-worker async workload."""
+  code = ("import sys, json, resource; sys.path.insert(0, sys.argv[1] + '/benchmarks');"
+          "from ps import ps_config; from pdist import train;"
+          "train.run(ps_config(int(sys.argv[2]), 'async', int(sys.argv[3])));"
+          "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))")
+  out = subprocess.run([sys.executable, "-c", code, ROOT, str(workers), str(steps)],
+                       capture_output=True, text=True, check=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  return float(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=1000)
+  args = parser.parse_args()
+  floor, out = 0.0, {}
+  for k in (4, 64, 256):  # the floor is measured between the runs, so noise hits both sides
+    floor = max(floor, floor_rate(mlp_config(batch_size=64, steps=args.steps), args.steps))
+    out[f"async{k}_updates_per_sec"] = ps_rate(k, "async", args.steps)
+  out["bsp4_updates_per_sec"] = ps_rate(4, "bsp", args.steps)
+  out["floor_steps_per_sec"] = floor
+  for k in (4, 64, 256):
+    out[f"async{k}_ratio"] = out[f"async{k}_updates_per_sec"] / floor
+  out["async256_vs_async4"] = out["async256_updates_per_sec"] / out["async4_updates_per_sec"]
+  out["peak_rss_mb_async256"] = peak_memory_mb(256, 500)
+  report("ps", batch_per_worker=64, steps=args.steps, **out)
+
+
+if __name__ == "__main__":
+  main()
