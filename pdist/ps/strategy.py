@@ -101,6 +101,16 @@ class ParameterServerStrategy(base.Strategy):
     part = self.parts[worker]
     return part[data_lib.batch_indices(self.seed, iteration, b, len(part), worker=worker)[0]]
 
+  def make_worker(self, worker: int, state):
+    """An eager `server.Worker` with this run's data and gradient (for notebooks, tests)."""
+    from pdist.ps.server import Worker
+
+    def batch(iteration):
+      return None if self.data is None else base.gather_batch(
+          self.data, jnp.asarray(self.worker_batch(worker, iteration)))
+
+    return Worker(worker, self._grad, batch, state["step_key"])
+
   # -- the compiled replay --------------------------------------------------------------------------
   def _apply(self, state, grads, scale):
     params, opt_state = sharding.apply_sharded(self.tx, state["params"], state["opt_state"],

@@ -1,0 +1,221 @@
+"""The parameter server: equivalences, the delayed recursion, consistency bounds, determinism."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import load_experiment
+from pdist import config as config_lib
+from pdist import data, metrics, tasks, train
+from pdist.config import base_config
+from pdist.ps import ParameterServer, Simulator, sharding
+
+
+def _config(strategy="ps", batch=16, steps=40, log_every=10, **fields):
+  c = load_experiment("mnist1d", "tiny")
+  c.strategy = strategy
+  c.optim.name, c.optim.momentum, c.optim.learning_rate = "sgd", 0.9, 0.05
+  c.data.batch_size = batch
+  c.model.hidden = (32, 32)
+  c.train.steps, c.train.log_every, c.train.eval_every = steps, log_every, 0
+  c.train.progress = False
+  for key, value in fields.items():
+    config_lib.set_field(c, key.replace("__", "."), value)
+  return c
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_async_one_worker_equals_single():
+  ref = train.run(_config("single"))
+  got = train.run(_config(ps__workers=1, ps__consistency="async"))
+  assert _max_diff(ref.params, got.params) < 1e-6
+  assert got.summary["staleness_max"] == 0
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_bsp_equals_single_with_the_global_batch(workers):
+  ref = train.run(_config("single", batch=16 * workers))
+  got = train.run(_config(ps__workers=workers, ps__consistency="bsp", ps__partition="shared",
+                          ps__compute_time__dist="lognormal", ps__compute_time__spread=0.5))
+  assert _max_diff(ref.params, got.params) < 1e-5
+  assert all(r["staleness_max"] == 0 for r in got.rows)
+
+
+@pytest.mark.parametrize("tau", [0, 1, 3, 7])
+def test_fixed_delay_follows_the_delayed_recursion(tau):
+  """K = tau + 1 equal-speed async workers: every gradient is exactly tau versions stale."""
+  c = load_experiment("seed_quadratic", "")
+  c.strategy, c.ps.workers, c.ps.consistency = "ps", tau + 1, "async"
+  c.train.steps, c.train.log_every, c.train.eval_every, c.train.progress = 60, 20, 0, False
+  r = train.run(c)
+  theta0 = np.asarray(r.strategy.task.init(jax.random.PRNGKey(c.train.seed))["theta"], np.float64)
+  lr, d = c.optim.learning_rate, c.data.dim
+  hist = [theta0]
+  for t in range(60):  # theta_{t+1} = theta_t - lr * (2/d) * theta_{t-tau}, theta_{<0} = theta_0
+    hist.append(hist[t] - lr * (2 / d) * hist[max(t - tau, 0)])
+  np.testing.assert_allclose(np.asarray(r.params["theta"]), hist[-1], rtol=1e-5, atol=1e-7)
+  assert all(row["staleness_max"] == tau for row in r.rows[1:])
+
+
+def test_async_mean_staleness_is_workers_minus_one():
+  r = train.run(_config(ps__workers=4, ps__consistency="async", steps=40, log_every=8))
+  assert [row["staleness_mean"] for row in r.rows[1:]] == [3.0] * 4
+  assert r.rows[0]["staleness_mean"] < 3.0  # the first round staggers: 0, 1, 2, 3, then 3s
+
+
+def _ps_config(seed, **fields):
+  c = base_config()
+  c.ps.workers = 6
+  for key, value in fields.items():
+    config_lib.set_field(c, key.replace("__", "."), value)
+  c.train.seed = seed
+  return c
+
+
+def test_ssp_clock_gap_never_exceeds_bound_under_random_timing():
+  rng = np.random.default_rng(0)
+  hit_bound = 0
+  for seed in range(25):
+    s = int(rng.integers(1, 4))
+    c = _ps_config(seed, ps__consistency="ssp", ps__max_staleness=s,
+                   ps__workers=int(rng.integers(2, 9)),
+                   ps__compute_time__dist="lognormal",
+                   ps__compute_time__spread=float(rng.uniform(0.1, 1.5)),
+                   ps__stragglers__fraction=float(rng.uniform(0, 0.5)),
+                   ps__stragglers__factor=float(rng.uniform(1, 6)),
+                   ps__latency=float(rng.uniform(0, 0.3)),
+                   ps__failures__rate=float(rng.uniform(0, 0.05)),
+                   ps__failures__restart_delay=float(rng.uniform(0.5, 5)))
+    sim = Simulator(c.ps, [1000, 3000], seed=seed)
+    for _ in range(20):
+      sim.advance(10)
+      gap = max(sim.clock) - min(sim.clock)
+      assert gap <= s, (seed, gap, s)
+      hit_bound += gap == s
+  assert hit_bound > 0  # the bound actually binds under these timings
+
+
+def test_async_staleness_is_unbounded_where_ssp_bounds_it():
+  kw = dict(ps__workers=4, ps__stragglers__fraction=0.25, ps__stragglers__factor=8.0)
+  async_sim = Simulator(_ps_config(0, **kw).ps, [1000], seed=0)
+  ssp_sim = Simulator(_ps_config(0, ps__consistency="ssp", ps__max_staleness=2, **kw).ps,
+                      [1000], seed=0)
+  async_gap = max(max(async_sim.clock) - min(async_sim.clock)
+                  for _ in range(10) if async_sim.advance(20))
+  ssp_int = [ssp_sim.advance(20) for _ in range(10)]
+  assert async_gap > 2 and max(i.max_clock_gap for i in ssp_int) <= 2
+
+
+def test_same_config_twice_gives_identical_metrics(tmp_path):
+  kw = dict(ps__workers=5, ps__consistency="async", ps__compute_time__dist="lognormal",
+            ps__compute_time__spread=0.7, ps__stragglers__fraction=0.4,
+            ps__stragglers__factor=4.0, ps__latency=0.1, ps__bandwidth=1e7,
+            ps__failures__rate=0.05, ps__failures__restart_delay=2.0,
+            ps__failures__at=((3.0, 1),), ps__staleness_lr="inverse")
+  for name in ("a", "b"):
+    train.run(_config(**kw), str(tmp_path / name))
+  a, b = metrics.read(str(tmp_path / "a")), metrics.read(str(tmp_path / "b"))
+  assert metrics.without_timing(a) == metrics.without_timing(b)
+  assert a[-1]["crashes"] >= 1 and a[-1]["dropped_gradients"] >= 1
+
+
+def test_sharded_server_equals_central_when_timing_is_equal():
+  kw = dict(ps__workers=3, ps__consistency="async", ps__latency=0.2,
+            ps__compute_time__dist="lognormal", ps__compute_time__spread=0.5,
+            ps__staleness_lr="inverse")
+  central = train.run(_config(ps__shards=1, **kw))
+  sharded = train.run(_config(ps__shards=4, **kw))
+  assert len(sharded.strategy.shards) == 4
+  assert _max_diff(central.params, sharded.params) < 1e-6
+  assert metrics.without_timing(central.rows) == metrics.without_timing(sharded.rows)
+
+
+def test_shards_are_balanced_by_bytes():
+  params = {"a": np.zeros(1000, np.float32), "b": np.zeros(600, np.float32),
+            "c": np.zeros(500, np.float32), "d": np.zeros(100, np.float32)}
+  shards = sharding.partition_leaves(params, 2)
+  assert sharding.shard_bytes(params, shards) == [4400, 4400]  # {a, d} and {b, c}
+  with pytest.raises(config_lib.ConfigError, match="only 4 parameter arrays"):
+    sharding.partition_leaves(params, 5)
+
+
+def test_eager_server_replaying_the_schedule_equals_the_compiled_strategy():
+  c = _config(ps__workers=3, ps__shards=2, ps__consistency="async", ps__staleness_lr="inverse",
+              ps__compute_time__dist="lognormal", ps__compute_time__spread=0.8, steps=30)
+  compiled = train.run(c)
+  strategy = train.run(_config(ps__workers=3, ps__shards=2, steps=1)).strategy  # fresh helpers
+  state = strategy.init(jax.random.PRNGKey(c.train.seed))
+  server = ParameterServer(state["params"], strategy.tx, num_shards=2, staleness_lr="inverse")
+  workers = [strategy.make_worker(k, state) for k in range(3)]
+  sim = Simulator(c.ps, strategy.shard_bytes, seed=c.train.seed)
+  pending = {}
+  for op in sim.advance(30).ops:
+    if op.apply_worker >= 0:
+      grads, versions = pending.pop(op.apply_worker)
+      server.push(op.apply_worker, grads, versions)
+    if op.pull_worker >= 0:
+      _, versions = server.pull()
+      pending[op.pull_worker] = (workers[op.pull_worker].compute(server.params,
+                                                                 op.pull_iteration), versions)
+  assert server.versions == [30, 30]
+  assert _max_diff(compiled.params, server.params) < 1e-5
+
+
+def test_backup_workers_drop_the_slowest_and_save_time():
+  kw = dict(ps__workers=5, ps__consistency="bsp", ps__partition="shared",
+            ps__stragglers__fraction=0.2, ps__stragglers__factor=5.0)
+  plain = train.run(_config(**kw, steps=20))
+  backup = train.run(_config(**kw, ps__backup_workers=1, steps=20))
+  assert plain.summary["dropped_gradients"] == 0
+  assert backup.summary["dropped_gradients"] == 20  # the straggler, every round
+  assert backup.summary["sim_time"] * 3 < plain.summary["sim_time"]
+  assert plain.summary["sim_time"] == pytest.approx(20 * 5.0)
+
+
+def test_scripted_crash_loses_the_in_flight_gradient():
+  r = train.run(_config(ps__workers=2, ps__failures__at=((2.5, 0),),
+                        ps__failures__restart_delay=1.0, steps=20))
+  assert r.summary["crashes"] == 1 and r.summary["dropped_gradients"] == 1
+  # worker 1 pushes at 1, 2, ..., 11 (11 updates); worker 0 at 1, 2, then its gradient due at 3
+  # is lost in the crash at 2.5, it restarts at 3.5 and pushes at 4.5, ..., 10.5 (9 updates)
+  assert r.summary["sim_time"] == pytest.approx(11.0)
+
+
+def test_network_time_and_bytes():
+  r = train.run(_config(ps__workers=1, ps__latency=0.5, steps=10, log_every=10))
+  n_bytes = sum(x.size * 4 for x in jax.tree.leaves(r.params))
+  assert r.summary["bytes_pushed"] == 10 * n_bytes
+  assert r.summary["bytes_pulled"] == 11 * n_bytes  # the first pull, then one after each push
+  # first pull request 0.5, then each iteration: reply 0.5 + compute 1 + push 0.5
+  assert r.summary["sim_time"] == pytest.approx(0.5 + 10 * 2.0)
+
+
+def test_simulator_state_round_trips_through_json():
+  c = _ps_config(3, ps__consistency="ssp", ps__max_staleness=2, ps__failures__rate=0.1,
+                 ps__compute_time__dist="lognormal", ps__compute_time__spread=0.5)
+  a = Simulator(c.ps, [100], seed=3)
+  a.advance(15)
+  b = Simulator(c.ps, [100], seed=3)
+  b.load_state_dict(a.state_dict())
+  ia, ib = a.advance(25), b.advance(25)
+  assert ia.ops == ib.ops and ia.staleness == ib.staleness and a.totals == b.totals
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"ps__consistency": "ssp"}, "needs config.ps.max_staleness >= 1"),
+    ({"ps__backup_workers": 4, "ps__consistency": "bsp"}, "backup_workers=4 must be below"),
+    ({"ps__backup_workers": 1}, "backup_workers only applies to config.ps.consistency='bsp'"),
+    ({"ps__latency": -1.0}, "config.ps.latency must be non-negative"),
+    ({"ps__compute_time__mean": 0.0}, "config.ps.compute_time.mean must be positive"),
+    ({"ps__failures__at": ((1.0, 9),)}, "config.ps.failures.at entries must be"),
+    ({"ps__consistency": "hogwild"}, "config.ps.consistency='hogwild' is not one of"),
+    ({"ps__shards": 50}, "config.ps.shards=50 but the model has only 6 parameter arrays"),
+])
+def test_ps_config_errors(fields, message):
+  with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    train.run(_config(**fields))
