@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_test = 1000       # mnist1d / teacher: test examples generated
   c.data.dim = 784             # teacher: input dimension; quadratic: size of theta
   c.data.num_classes = 10      # teacher: number of classes
+  c.data.parts = 1             # quadratic: theta stored as this many arrays (e.g. one per PS shard)
   c.data.seed = 0              # teacher / regression: seed of the data (mnist1d uses its own)
 
   c.model = ml_collections.ConfigDict()
@@ -234,6 +235,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _choice(config, "model.name", MODELS)
   _choice(config, "optim.name", OPTIMIZERS)
   _choice(config, "optim.schedule", SCHEDULES)
+  if config.data.parts < 1 or config.data.parts > config.data.dim:
+    raise ConfigError(f"config.data.parts must be in [1, config.data.dim], got {config.data.parts}")
   for field in ("data.batch_size", "data.num_train", "data.num_test", "data.dim",
                 "optim.learning_rate", "train.steps", "train.log_every"):
     _positive(config, field)

@@ -45,8 +45,10 @@ def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
     dirs.append(out)
     names.append(name)
   plots.plot_runs(dirs, os.path.join(workdir, "curves.png"), labels=names)
-  if "epoch" in train_rows_keys(dirs[0]):
-    plots.plot_runs(dirs, os.path.join(workdir, "curves_epoch.png"), x="epoch", labels=names)
+  keys = train_rows_keys(dirs[0])
+  for x in ("epoch", "sim_time"):
+    if x in keys:
+      plots.plot_runs(dirs, os.path.join(workdir, f"curves_{x}.png"), x=x, labels=names)
   with open(os.path.join(workdir, "sweep.json"), "w") as f:
     json.dump(summaries, f, indent=2, sort_keys=True)
   return summaries

@@ -53,9 +53,10 @@ def regression_loss(apply_fn, params, batch, rng):
 
 
 def quadratic_loss(params, batch, rng):
-  """The seed's loss: mean(theta^2); its gradient is 2 theta / d."""
+  """The seed's loss: mean(theta^2) over all of theta's parts; its gradient is 2 theta / d."""
   del batch, rng
-  return jnp.mean(params["theta"] ** 2), {}
+  parts = jax.tree.leaves(params)
+  return sum(jnp.sum(p ** 2) for p in parts) / sum(p.size for p in parts), {}
 
 
 def _evaluator(loss_fn, x: np.ndarray, y: np.ndarray, chunk: int = 2048):
@@ -83,10 +84,14 @@ def _evaluator(loss_fn, x: np.ndarray, y: np.ndarray, chunk: int = 2048):
 def build(config, dataset: Dataset) -> Task:
   """The task for `config` on `dataset` (see pdist.data.load)."""
   if dataset.kind == "quadratic":
-    dim = config.data.dim
+    dim, parts = config.data.dim, config.data.parts
 
     def init(rng):
-      return {"theta": jax.random.normal(rng, (dim,), jnp.float32)}
+      theta = jax.random.normal(rng, (dim,), jnp.float32)
+      if parts == 1:
+        return {"theta": theta}
+      # the same draw, cut into parts (so every split has the same closed form)
+      return {f"theta_{i}": p for i, p in enumerate(jnp.array_split(theta, parts))}
 
     def evaluate(params):
       return {"eval_loss": float(quadratic_loss(params, None, None)[0])}
