@@ -25,7 +25,7 @@ def _tiny(c):
   c.train.eval_every = 10
 
 
-PRESETS = {"tiny": _tiny}
+PRESETS = {"tiny": _tiny, "short": lambda c: None}  # short: get_hyper runs 1/3 of the time
 
 
 def get_config(arg=None):
@@ -53,9 +53,10 @@ SIM_TIME = 150  # every variant runs for the same simulated time (compute time 1
 def get_hyper(arg=None):
   """bsp K (one update per time unit) vs async K (K updates per time unit), with/without lr/tau."""
   tiny = arg and "tiny" in arg
+  sim_time = SIM_TIME // 3 if arg and "short" in arg else SIM_TIME
   variants = []
   for k in (8, 32):
-    bsp_steps, async_steps = (10, 20) if tiny else (SIM_TIME, SIM_TIME * k)
+    bsp_steps, async_steps = (10, 20) if tiny else (sim_time, sim_time * k)
     common = {"ps.workers": k}
     variants.append((f"bsp{k}", {**common, "ps.consistency": "bsp", "ps.partition": "shared",
                                  "train.steps": bsp_steps, "train.log_every": 5,

@@ -26,7 +26,7 @@ def _tiny(c):
   c.train.eval_every = 10
 
 
-PRESETS = {"tiny": _tiny}
+PRESETS = {"tiny": _tiny, "short": lambda c: None}  # short: get_hyper runs 1/2 of the time
 
 
 def get_config(arg=None):
@@ -51,7 +51,7 @@ def get_config(arg=None):
 
 def get_hyper(arg=None):
   tiny = arg and "tiny" in arg
-  t = 10 if tiny else SIM_TIME
+  t = 10 if tiny else (SIM_TIME // 2 if arg and "short" in arg else SIM_TIME)
   async_updates = int(t * (WORKERS - 1 + 1 / 5))  # 9 workers at rate 1, one at rate 1/5
   return [
       ("bsp", {"ps.consistency": "bsp", "train.steps": max(t // 5, 2), "train.log_every": 1,
