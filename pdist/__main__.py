@@ -40,8 +40,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   return args, overrides
 
 
+def _compilation_cache() -> None:
+  """Reuse compiled programs across runs (JAX's persistent cache), unless the user chose a dir."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    from pdist.data.datasets import cache_dir
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(cache_dir(), "jax")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
 def main(argv: list[str] | None = None) -> int:
   args, overrides = parse(sys.argv[1:] if argv is None else argv)
+  _compilation_cache()
   from pdist import config as config_lib
 
   try:
@@ -72,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
   except train.TrainingError as e:
     print(f"pdist: training stopped: {e}", file=sys.stderr)
     return 3
+  except train.Preempted as e:
+    print(f"pdist: preempted: {e}", file=sys.stderr)
+    return train.PREEMPTED_EXIT
+  except KeyboardInterrupt:
+    print("pdist: interrupted (no workdir to checkpoint to)", file=sys.stderr)
+    return 130
+  except Exception as e:  # noqa: BLE001 -- checkpoint problems: one line, no traceback
+    from pdist.checkpoint import CheckpointError
+    if isinstance(e, CheckpointError):
+      print(f"pdist: error: {e}", file=sys.stderr)
+      return 2
+    raise
   import jax
   if jax.process_index() != 0:
     return 0

@@ -96,6 +96,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.ps.failures.at = ()                # ((time, worker), ...) scripted crashes
   c.ps.failures.restart_delay = 1.0
 
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 0          # updates between checkpoints; 0 = only on preemption
+  c.checkpoint.keep = 3           # newest checkpoints kept
+  c.checkpoint.async_save = True  # write in the background (orbax async checkpointing)
+  c.checkpoint.restart = "resume"  # resume: continue from WORKDIR/checkpoints; fresh: discard them
+  c.checkpoint.key_file = ""      # AES-256 key (32 bytes or 64 hex digits): encrypt at rest
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.log_every = 100
@@ -251,6 +258,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("optim.momentum", "optim.weight_decay", "optim.warmup_steps",
                 "optim.grad_clip", "train.eval_every"):
     _positive(config, field, allow_zero=True)
+  _choice(config, "checkpoint.restart", ("resume", "fresh"))
+  _positive(config, "checkpoint.every", allow_zero=True)
+  _positive(config, "checkpoint.keep")
   _choice(config, "ps.consistency", CONSISTENCY)
   _choice(config, "ps.partition", PS_PARTITIONS)
   _choice(config, "ps.staleness_lr", ("none", "inverse"))

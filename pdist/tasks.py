@@ -96,7 +96,7 @@ def build(config, dataset: Dataset) -> Task:
     def evaluate(params):
       return {"eval_loss": float(quadratic_loss(params, None, None)[0])}
 
-    return Task("quadratic", init, quadratic_loss, evaluate, dataset)
+    return Task("quadratic", jax.jit(init), quadratic_loss, evaluate, dataset)
 
   num_outputs = dataset.num_classes if dataset.kind == "classification" else dataset.y_train.shape[-1]
   module = models.build(config.model, num_outputs)
@@ -113,4 +113,6 @@ def build(config, dataset: Dataset) -> Task:
   def loss(params, batch, rng):
     return base(apply_fn, params, batch, rng)
 
-  return Task(dataset.kind, init, loss, _evaluator(loss, dataset.x_test, dataset.y_test), dataset)
+  # jitted: Flax's init run op by op would compile dozens of small kernels
+  return Task(dataset.kind, jax.jit(init), loss,
+              _evaluator(loss, dataset.x_test, dataset.y_test), dataset)

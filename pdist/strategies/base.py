@@ -41,6 +41,13 @@ class Strategy(abc.ABC):
   def params(self, state: State) -> Any:
     return state["params"]
 
+  def host_state(self) -> dict:
+    """The JSON-able part of the state that lives on the host (none for most strategies)."""
+    return {}
+
+  def load_host_state(self, d: dict) -> None:
+    del d
+
   def examples_per_update(self, config) -> int:
     """Training examples behind one update (for the `epoch` metric)."""
     return config.data.batch_size

@@ -1,0 +1,250 @@
+"""Checkpoints: save and restore any strategy's state with Orbax, optionally encrypted at rest.
+
+A checkpoint holds the strategy's state pytree (parameters, optimizer state, keys, and for `ps`
+the gradient slots) plus its JSON-able host part (for `ps` the simulator: event queue, clocks,
+RNG, counters) and the resolved config. Written by orbax's CheckpointManager under
+WORKDIR/checkpoints/<step>/ (async by default; orbax commits a step only when it is complete, so a
+kill during a save leaves an uncommitted temporary directory that is never read).
+
+Restoring takes the newest readable step; an unreadable one (truncated or missing files, failed
+authentication) is reported in one line and the next older one is tried. If checkpoints exist but
+none is readable, `CheckpointError` stops the run rather than silently starting over.
+
+Encryption at rest (config.checkpoint.key_file, or the environment variable PDIST_CHECKPOINT_KEY):
+the state and host part are serialised to one buffer and sealed with AES-256-GCM (the
+`cryptography` package) under a fresh 96-bit nonce, with the step as associated data; orbax then
+stores only the ciphertext. Threat model: it protects checkpoints that are copied, stolen or
+modified at rest (disk, bucket, backup): without the key nothing about the parameters can be read,
+and any modified byte — or a checkpoint moved to another step — fails authentication and is never
+loaded. It does not protect a running process (parameters are in plaintext in memory and on the
+accelerator), the key itself (keep the key file out of the workdir, readable only by you), the
+config and step numbers (stored in the clear, as are file sizes), or metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+KEY_ENV = "PDIST_CHECKPOINT_KEY"
+FORMAT = "pdist-checkpoint-1"
+# config fields that may change between a run and its resumption
+HARMLESS_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train.progress",
+                   "train.save_params", "checkpoint.every", "checkpoint.keep",
+                   "checkpoint.async_save", "checkpoint.restart", "checkpoint.key_file")
+
+
+class CheckpointError(RuntimeError):
+  """No usable checkpoint, a wrong key, or a config that does not match the checkpoint."""
+
+
+def load_key(key_file: str) -> bytes | None:
+  """The 32-byte AES key from `key_file` (32 raw bytes or 64 hex digits) or $PDIST_CHECKPOINT_KEY."""
+  if key_file:
+    if not os.path.isfile(key_file):
+      raise CheckpointError(f"config.checkpoint.key_file '{key_file}' does not exist")
+    with open(key_file, "rb") as f:
+      raw = f.read()
+    source = f"key file '{key_file}'"
+  elif os.environ.get(KEY_ENV):
+    raw, source = os.environ[KEY_ENV].encode(), f"${KEY_ENV}"
+  else:
+    return None
+  if len(raw) == 32:
+    return raw
+  text = raw.strip()
+  try:
+    key = bytes.fromhex(text.decode("ascii"))
+  except (ValueError, UnicodeDecodeError):
+    key = b""
+  if len(key) != 32:
+    raise CheckpointError(f"the {source} must hold 32 raw bytes or 64 hex digits "
+                          "(an AES-256 key), e.g. from: python -c 'import os; print(os.urandom(32).hex())'")
+  return key
+
+
+def key_id(key: bytes) -> str:
+  return hashlib.sha256(b"pdist-key-id" + key).hexdigest()[:16]
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flat_config(v, name + "."))
+    else:
+      out[name] = json.loads(json.dumps(v))  # tuples -> lists, as stored
+  return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """Fields (dotted) that differ and matter for resuming exactly."""
+  a, b = _flat_config(saved), _flat_config(current)
+  return sorted(k for k in set(a) | set(b)
+                if a.get(k) != b.get(k) and k not in HARMLESS_FIELDS)
+
+
+def _serialise(state, host: dict) -> bytes:
+  leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+  buf = io.BytesIO()
+  np.savez(buf, *leaves, host=np.frombuffer(json.dumps(host).encode(), np.uint8))
+  return buf.getvalue()
+
+
+def _deserialise(payload: bytes, abstract) -> tuple[Any, dict]:
+  with np.load(io.BytesIO(payload)) as f:
+    leaves = [f[f"arr_{i}"] for i in range(len(jax.tree.leaves(abstract)))]
+    host = json.loads(f["host"].tobytes().decode())
+  treedef = jax.tree.structure(abstract)
+  shardings = [getattr(a, "sharding", None) for a in jax.tree.leaves(abstract)]
+  placed = [jax.device_put(x, s) if s is not None else x for x, s in zip(leaves, shardings)]
+  return jax.tree.unflatten(treedef, placed), host
+
+
+class Checkpointer:
+  """Orbax CheckpointManager for WORKDIR/checkpoints with fallback, mismatch checks and encryption."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+               key: bytes | None = None, log=None):
+    import orbax.checkpoint as ocp
+    self.ocp = ocp
+    self.directory = os.path.abspath(directory)
+    self.key = key
+    self.log = log or (lambda msg: print(msg, file=sys.stderr))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  # -- save -------------------------------------------------------------------------------------
+  def save(self, step: int, state, host: dict, config_dict: dict) -> None:
+    ocp = self.ocp
+    meta = {"format": FORMAT, "step": step, "config": config_dict, "encrypted": self.key is not None}
+    if self.key is None:
+      meta["host"] = host
+      tree = state
+    else:
+      from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+      nonce = os.urandom(12)
+      sealed = AESGCM(self.key).encrypt(nonce, _serialise(state, host), self._aad(step))
+      meta.update(nonce=nonce.hex(), key_id=key_id(self.key))
+      tree = {"ciphertext": np.frombuffer(sealed, np.uint8)}
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                    meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+  @staticmethod
+  def _aad(step: int) -> bytes:
+    return f"{FORMAT}:step={step}".encode()
+
+  # -- restore ----------------------------------------------------------------------------------
+  def _read_meta(self, step: int) -> dict:
+    path = os.path.join(self.directory, str(step), "meta", "metadata")
+    with open(path) as f:
+      meta = json.load(f)
+    if meta.get("format") != FORMAT:
+      raise CheckpointError(f"not a pdist checkpoint (format {meta.get('format')!r})")
+    return meta
+
+  def _restore_step(self, step: int, abstract) -> tuple[Any, dict, dict]:
+    ocp = self.ocp
+    meta = self._read_meta(step)
+    if meta["encrypted"]:
+      if self.key is None:
+        raise CheckpointError(
+            f"the checkpoints in {self.directory} are encrypted: set config.checkpoint.key_file "
+            f"or ${KEY_ENV} to their key")
+      if meta["key_id"] != key_id(self.key):
+        raise CheckpointError(f"checkpoint {step} was encrypted with a different key than the "
+                              "one given")
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      sealed = np.asarray(restored.state["ciphertext"], np.uint8).tobytes()
+      from cryptography.exceptions import InvalidTag
+      from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+      try:
+        payload = AESGCM(self.key).decrypt(bytes.fromhex(meta["nonce"]), sealed, self._aad(step))
+      except InvalidTag:
+        raise CheckpointError(f"checkpoint {step} failed authentication: it was modified or "
+                              "is corrupt") from None
+      state, host = _deserialise(payload, abstract)
+      return state, host, meta
+    if self.key is not None:
+      raise CheckpointError(f"checkpoint {step} is not encrypted but a key was given; resume "
+                            "without config.checkpoint.key_file, or start fresh")
+    target = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, abstract)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    # restore into exactly the strategy's tree structure (namedtuples included)
+    state = jax.tree.unflatten(jax.tree.structure(abstract), jax.tree.leaves(restored.state))
+    return state, meta["host"], meta
+
+  def restore_latest(self, abstract, config_dict: dict) -> tuple[int, Any, dict] | None:
+    """(step, state, host) of the newest readable checkpoint; None if there is none at all."""
+    steps = self.steps()
+    if not steps:
+      return None
+    failures = []
+    for step in reversed(steps):
+      try:
+        meta = self._read_meta(step)
+      except Exception as e:  # noqa: BLE001 -- any unreadable metadata: try an older step
+        failures.append((step, _one_line(e)))
+        self._say_fallback(step, failures[-1][1], steps)
+        continue
+      differing = config_differences(meta["config"], config_dict)
+      if differing:
+        shown = ", ".join(f"config.{k}" for k in differing[:8])
+        raise CheckpointError(
+            f"the checkpoints in {self.directory} were written with a different config "
+            f"({shown}{', ...' if len(differing) > 8 else ''}); resume with the same config, "
+            "use another --workdir, or pass --config.checkpoint.restart=fresh to discard them")
+      try:
+        state, host, _ = self._restore_step(step, abstract)
+        return step, state, host
+      except CheckpointError as e:
+        if "different key" in str(e) or "are encrypted" in str(e) or "not encrypted" in str(e):
+          raise
+        failures.append((step, str(e)))
+      except Exception as e:  # noqa: BLE001 -- truncated or missing files surface in many types
+        failures.append((step, _one_line(e)))
+      self._say_fallback(step, failures[-1][1], steps)
+    detail = "; ".join(f"step {s}: {why}" for s, why in failures)
+    raise CheckpointError(f"none of the checkpoints in {self.directory} is readable ({detail}); "
+                          "pass --config.checkpoint.restart=fresh to start over")
+
+  def _say_fallback(self, step: int, why: str, steps: list[int]) -> None:
+    older = [s for s in steps if s < step]
+    then = f"falling back to step {older[-1]}" if older else "no older checkpoint"
+    self.log(f"pdist: checkpoint {step} is unreadable ({why}); {then}")
+
+  def discard_all(self) -> None:
+    """Deletes every checkpoint (only on an explicit restart=fresh)."""
+    self.manager.wait_until_finished()
+    for step in self.steps():
+      self.manager.delete(step)
+    for name in os.listdir(self.directory):  # uncommitted temporaries from a killed save
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__

@@ -1,0 +1,240 @@
+"""Recovery: kill and resume bit for bit, preemption, corrupt checkpoints, mismatch, encryption."""
+
+import glob
+import os
+import random
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_experiment
+from pdist import checkpoint as ckpt_lib
+from pdist import metrics, train
+
+BASE = ["--config.train.progress=False", "--config.train.save_params=True",
+        "--config.checkpoint.every=20", "--config.train.log_every=10",
+        "--config.model.hidden=(32,32)"]
+VARIANTS = {
+    "single": ["--config", "experiments/mnist1d.py:tiny", "--config.train.steps=300"],
+    "sync": ["--config", "experiments/mnist1d_sync.py:tiny,mlp", "--config.train.steps=300",
+             "--config.data.batch_size=64"],
+    "ps": ["--config", "experiments/mnist1d.py:tiny", "--config.strategy=ps",
+           "--config.train.steps=300", "--config.ps.workers=4",
+           "--config.ps.compute_time.dist=lognormal", "--config.ps.compute_time.spread=0.6",
+           "--config.ps.stragglers.fraction=0.25", "--config.ps.stragglers.factor=3.0",
+           "--config.ps.failures.rate=0.02", "--config.ps.failures.restart_delay=2.0",
+           "--config.ps.latency=0.05", "--config.data.batch_size=16"],
+}
+
+
+def _cmd(variant, workdir, extra=()):
+  return [sys.executable, "-m", "pdist", *VARIANTS[variant], *BASE, "--workdir", str(workdir),
+          *extra]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=ROOT,
+              XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def _run(cmd, expect=0):
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == expect, proc.stderr[-3000:]
+  return proc
+
+
+def _start_and_wait_for_checkpoints(cmd, count):
+  """Starts cmd and reads its stderr until `count` checkpoint lines have appeared."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True,
+                          stdout=subprocess.DEVNULL)
+  seen = 0
+  for line in proc.stderr:
+    if line.startswith("pdist: checkpoint at update"):
+      seen += 1
+      if seen == count:
+        return proc, int(line.split()[-1])
+  raise AssertionError("the run ended before writing enough checkpoints")
+
+
+def _same_params(a, b):
+  pa, pb = train.load_params(os.path.join(a, "params.npz")), \
+      train.load_params(os.path.join(b, "params.npz"))
+  assert pa.keys() == pb.keys()
+  for k in pa:
+    assert np.array_equal(pa[k], pb[k]), k  # bit for bit
+
+
+@pytest.mark.parametrize("variant", ["single", "sync", "ps"])
+def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _run(_cmd(variant, ref))
+  rng = random.Random(variant)
+  # the line is printed when a save starts; orbax finishes one async save before starting the
+  # next, so after the second line at least one checkpoint is committed
+  proc, _ = _start_and_wait_for_checkpoints(_cmd(variant, run), rng.randint(2, 4))
+  if rng.random() < 0.5:  # now: most likely while the async save is still being written
+    proc.stderr.readline()
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  resumed = _run(_cmd(variant, run))
+  assert "pdist: resuming from the checkpoint at update" in resumed.stderr
+  _same_params(ref, run)
+  ref_rows, rows = metrics.read(str(ref)), metrics.read(str(run))
+  assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]  # each step exactly once
+  assert metrics.without_timing(rows) == metrics.without_timing(ref_rows)
+
+
+def test_sigterm_saves_a_checkpoint_where_it_arrived(tmp_path):
+  ref, run = tmp_path / "ref", tmp_path / "run"
+  _run(_cmd("single", ref))
+  proc, _ = _start_and_wait_for_checkpoints(_cmd("single", run), 2)
+  proc.send_signal(signal.SIGTERM)
+  err = proc.stderr.read()
+  proc.wait()
+  assert proc.returncode == train.PREEMPTED_EXIT, err[-2000:]
+  saved = int(err.split("saved a checkpoint at update ")[1].split(";")[0])
+  last_logged = metrics.read(str(run))[-1]["step"]
+  assert saved == last_logged < 300  # the update the run had reached, and nothing after it
+  assert saved in ckpt_lib.Checkpointer(str(run / "checkpoints")).steps()
+  _run(_cmd("single", run))
+  _same_params(ref, run)
+
+
+def _config(steps, every=10, **kw):
+  c = load_experiment("mnist1d", "tiny")
+  c.train.steps, c.train.log_every, c.train.progress = steps, 10, False
+  c.checkpoint.every, c.checkpoint.keep = every, 3
+  c.model.hidden = (16, 16)
+  for k, v in kw.items():
+    group, field = k.split("__")
+    c[group][field] = v
+  return c
+
+
+def _corrupt(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+           if os.path.isfile(f)]
+  for f in files:
+    with open(f, "r+b") as fh:
+      fh.truncate(max(0, os.path.getsize(f) // 3))
+
+
+def test_corrupt_newest_checkpoint_falls_back_and_still_matches(tmp_path, capsys):
+  ref = train.run(_config(60), str(tmp_path / "ref"))
+  work = str(tmp_path / "run")
+  train.run(_config(40), work)                       # checkpoints at 20, 30, 40
+  _corrupt(os.path.join(work, "checkpoints", "40"))
+  os.makedirs(os.path.join(work, "checkpoints", "50.orbax-checkpoint-tmp-1"))  # a killed save
+  resumed = train.run(_config(60), work)
+  err = capsys.readouterr().err
+  assert "pdist: checkpoint 40 is unreadable" in err and "falling back to step 30" in err
+  assert resumed.summary["resumed_from"] == 30
+  for a, b in zip(np.asarray(ref.params["Dense_0"]["kernel"]),
+                  np.asarray(resumed.params["Dense_0"]["kernel"])):
+    assert np.array_equal(a, b)
+  assert [r["step"] for r in metrics.read(work)] == list(range(10, 61, 10))
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_restart(tmp_path):
+  work = str(tmp_path / "run")
+  train.run(_config(20), work)
+  for d in glob.glob(os.path.join(work, "checkpoints", "[0-9]*")):
+    _corrupt(d)
+  with pytest.raises(ckpt_lib.CheckpointError, match="none of the checkpoints in .* is readable"):
+    train.run(_config(40), work)
+  fresh = train.run(_config(40, checkpoint__restart="fresh"), work)
+  assert fresh.summary["resumed_from"] == 0
+
+
+def test_incompatible_config_names_the_fields_and_harmless_changes_pass(tmp_path):
+  work = str(tmp_path / "run")
+  train.run(_config(20), work)
+  changed = _config(40)
+  changed.model.hidden = (8, 8)
+  changed.optim.learning_rate = 0.5
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"different config \(config.model.hidden, config.optim.learning_rate\)"):
+    train.run(changed, work)
+  harmless = _config(40)
+  harmless.train.log_every, harmless.train.eval_every = 5, 0
+  assert train.run(harmless, work).summary["resumed_from"] == 20
+
+
+def test_command_line_reports_checkpoint_errors_in_one_line(tmp_path):
+  work = tmp_path / "run"
+  cmd = _cmd("single", work, ["--config.train.steps=40"])
+  _run(cmd)
+  proc = _run(cmd + ["--config.model.hidden=(8,8)"], expect=2)
+  assert "config.model.hidden" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _key_file(tmp_path, name="key"):
+  path = tmp_path / name
+  path.write_text(os.urandom(32).hex())
+  return str(path)
+
+
+def test_encrypted_checkpoints_round_trip_and_hold_no_plaintext(tmp_path):
+  key = _key_file(tmp_path)
+  ref = train.run(_config(40), str(tmp_path / "ref"))
+  plain = str(tmp_path / "plain")
+  train.run(_config(20), plain)
+  work = str(tmp_path / "enc")
+  first = train.run(_config(20, checkpoint__key_file=key), work)
+  needle = np.asarray(first.params["Dense_0"]["kernel"]).tobytes()[:64]
+
+  def in_files(directory):
+    for f in glob.glob(os.path.join(directory, "checkpoints", "**", "*"), recursive=True):
+      if os.path.isfile(f) and needle in open(f, "rb").read():
+        return True
+    return False
+
+  def in_stored_arrays(directory):
+    """What orbax holds once its own compression is undone: every stored array's bytes."""
+    import jax
+    import orbax.checkpoint as ocp
+    tree = ocp.StandardCheckpointer().restore(
+        os.path.join(directory, "checkpoints", "20", "state"))
+    return any(needle in np.asarray(x).tobytes() for x in jax.tree.leaves(tree))
+
+  assert in_stored_arrays(plain)    # the search does find the parameters in a plain checkpoint
+  assert not in_stored_arrays(work) and not in_files(work)   # and not in an encrypted one
+  resumed = train.run(_config(40, checkpoint__key_file=key), work)
+  assert resumed.summary["resumed_from"] == 20
+  assert np.array_equal(np.asarray(ref.params["Dense_0"]["kernel"]),
+                        np.asarray(resumed.params["Dense_0"]["kernel"]))
+
+
+def test_wrong_or_missing_key_and_tampering_are_refused(tmp_path, monkeypatch):
+  key = _key_file(tmp_path)
+  work = str(tmp_path / "enc")
+  train.run(_config(20, every=20, checkpoint__key_file=key), work)   # one checkpoint, at 20
+  with pytest.raises(ckpt_lib.CheckpointError, match="encrypted with a different key"):
+    train.run(_config(40, checkpoint__key_file=_key_file(tmp_path, "other")), work)
+  monkeypatch.delenv(ckpt_lib.KEY_ENV, raising=False)
+  with pytest.raises(ckpt_lib.CheckpointError, match="are encrypted: set config.checkpoint.key_file"):
+    train.run(_config(40), work)
+  monkeypatch.setenv(ckpt_lib.KEY_ENV, open(key).read())  # the environment variable works too
+  assert train.run(_config(30, every=30), str(tmp_path / "env")).summary["step"] == 30
+  blobs = [f for f in glob.glob(os.path.join(work, "checkpoints", "20", "state", "**", "*"),
+                                recursive=True) if os.path.isfile(f) and os.path.getsize(f) > 1000]
+  with open(max(blobs, key=os.path.getsize), "r+b") as fh:  # flip one byte of the ciphertext
+    fh.seek(os.path.getsize(fh.name) // 2)
+    byte = fh.read(1)
+    fh.seek(-1, 1)
+    fh.write(bytes([byte[0] ^ 1]))
+  with pytest.raises(ckpt_lib.CheckpointError, match="failed authentication"):
+    train.run(_config(40, every=20, checkpoint__key_file=key), work)
+
+
+def test_bad_key_file_is_a_clear_error(tmp_path):
+  bad = tmp_path / "bad"
+  bad.write_text("not a key")
+  with pytest.raises(ckpt_lib.CheckpointError, match="must hold 32 raw bytes or 64 hex digits"):
+    train.run(_config(20, checkpoint__key_file=str(bad)), str(tmp_path / "w"))
+  with pytest.raises(ckpt_lib.CheckpointError, match="does not exist"):
+    train.run(_config(20, checkpoint__key_file=str(tmp_path / "none")), str(tmp_path / "w"))
