@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,6 +67,31 @@ def launch(pdist_args: list[str], processes: int, devices_per_process: int,
             file=sys.stderr)
   bad = [c for c in codes if c != 0]
   return bad[0] if bad else 0
+
+
+def run_and_interrupt(pdist_args: list[str], after_checkpoints: int = 2,
+                      signum: int = signal.SIGTERM, timeout_s: float = 600) -> int:
+  """Runs `python -m pdist PDIST_ARGS` and sends `signum` once it has started its
+  `after_checkpoints`-th checkpoint; returns its exit status (75 after a SIGTERM it survived).
+
+  A way to rehearse preemption (SIGTERM, SIGINT) or a hard crash (SIGKILL) of a real run.
+  """
+  proc = subprocess.Popen([sys.executable, "-m", "pdist", *pdist_args], stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True)
+  seen = 0
+  try:
+    for line in proc.stderr:
+      if line.startswith("pdist: checkpoint at update"):
+        seen += 1
+        if seen == after_checkpoints:
+          proc.send_signal(signum)
+          break
+    proc.stderr.read()
+    return proc.wait(timeout=timeout_s)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,47 @@ PARAMETER_SERVER = [
 ]
 
 
+RECOVERY = [
+    new_markdown_cell(
+        "# Recovery: interrupt a run, resume it, get the same numbers\n\n"
+        "A run with a checkpoint every 100 updates is preempted (SIGTERM) after its second "
+        "checkpoint, then started again with the same config and workdir: it resumes from the "
+        "checkpoint and ends with exactly the parameters of a run that never stopped."),
+    new_code_cell(
+        "import os, tempfile, json\n"
+        "import jax\n"
+        "import numpy as np\n"
+        "from IPython.display import Image, display\n"
+        "from pdist import config as config_lib, launch, metrics, plots, train\n"
+        "ROOT = os.path.abspath('..') if os.path.basename(os.getcwd()) == 'notebooks' else os.getcwd()\n"
+        "workdir = tempfile.mkdtemp(prefix='pdist_recovery_')\n"
+        "spec = os.path.join(ROOT, 'experiments/mnist1d.py') + ':mlp'\n"
+        "overrides = ['--config.train.steps=600', '--config.train.log_every=50',\n"
+        "             '--config.train.eval_every=100', '--config.checkpoint.every=100',\n"
+        "             '--config.train.progress=False']\n"
+        "config = config_lib.load(spec, overrides)"),
+    new_code_cell(
+        "straight = train.run(config, os.path.join(workdir, 'uninterrupted'))\n"
+        "interrupted_dir = os.path.join(workdir, 'interrupted')\n"
+        "status = launch.run_and_interrupt(['--config', spec, '--workdir', interrupted_dir, *overrides],\n"
+        "                                  after_checkpoints=2)\n"
+        "print('exit status', status, '(75 = preempted, checkpoint saved)')\n"
+        "print('logged before the interruption:', [r['step'] for r in metrics.read(interrupted_dir)])"),
+    new_code_cell(
+        "resumed = train.run(config, interrupted_dir)   # same config, same workdir: resumes\n"
+        "print('resumed from update', resumed.summary['resumed_from'])\n"
+        "diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))\n"
+        "           for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)))\n"
+        "print('largest parameter difference to the uninterrupted run:', diff)\n"
+        "assert diff == 0.0\n"
+        "assert [r['step'] for r in metrics.read(interrupted_dir)] == [r['step'] for r in straight.rows]"),
+    new_code_cell(
+        "png = plots.plot_runs([os.path.join(workdir, 'uninterrupted'), interrupted_dir],\n"
+        "                      labels=['uninterrupted', 'interrupted + resumed'])\n"
+        "display(Image(png))"),
+]
+
+
 def write(name, cells):
   nb = new_notebook(cells=cells, metadata={
       "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -140,3 +181,4 @@ def write(name, cells):
 if __name__ == "__main__":
   write("01_quickstart.ipynb", QUICKSTART)
   write("02_parameter_server.ipynb", PARAMETER_SERVER)
+  write("03_recovery.ipynb", RECOVERY)
