@@ -63,10 +63,10 @@ def save_restore(state, key, directory):
   return best_save, best_restore, t_return
 
 
-def training_ratio(steps: int) -> float:
+def training_ratio(steps: int, interval: int = 100) -> float:
   from pdist import train
   rates = {}
-  for every in (0, 100, 0, 100):
+  for every in (0, interval, 0, interval):
     c = mlp_config(steps=steps, strategy="sync")
     c.checkpoint.every = every
     c.train.progress = False
@@ -74,13 +74,15 @@ def training_ratio(steps: int) -> float:
     first, last = rows[0], rows[-1]
     rate = (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"])
     rates[every] = max(rates.get(every, 0.0), rate)
-  return rates[100] / rates[0], rates[0], rates[100]
+  return rates[interval] / rates[0], rates[0], rates[interval]
 
 
 def main():
   import argparse
   parser = argparse.ArgumentParser()
   parser.add_argument("--no-encrypt", action="store_true", help="skip the encrypted round trip")
+  parser.add_argument("--steps", type=int, default=1000, help="training updates per run")
+  parser.add_argument("--every", type=int, default=100, help="updates between checkpoints")
   args = parser.parse_args()
   import jax
   state = jax.block_until_ready(big_state())
@@ -91,7 +93,7 @@ def main():
   nan = float("nan")
   enc_save, enc_restore, enc_return = ((nan, nan, nan) if args.no_encrypt else
                                        save_restore(state, os.urandom(32), directory))
-  ratio, rate_none, rate_ckpt = training_ratio(1000)
+  ratio, rate_none, rate_ckpt = training_ratio(args.steps, args.every)
   mb = nbytes / 1e6
   report("checkpoint", state_mb=mb, disk_write_mb_per_sec=disk,
          plain_save_s=plain_save, plain_save_mb_per_sec=mb / plain_save,
@@ -99,8 +101,8 @@ def main():
          plain_restore_s=plain_restore, plain_restore_mb_per_sec=mb / plain_restore,
          encrypted_save_s=enc_save, encrypted_save_mb_per_sec=mb / enc_save,
          encrypted_restore_s=enc_restore, encrypted_restore_mb_per_sec=mb / enc_restore,
-         train_steps_per_sec_no_ckpt=rate_none, train_steps_per_sec_ckpt_every_100=rate_ckpt,
-         train_rate_ratio=ratio)
+         train_steps_per_sec_no_ckpt=rate_none, train_steps_per_sec_ckpt=rate_ckpt,
+         checkpoint_every=args.every, train_rate_ratio=ratio)
   shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -87,7 +87,7 @@ def floor_rate(devices: int, steps: int) -> float:
 def two_process_rate(steps: int) -> float:
   from pdist import metrics
   workdir = tempfile.mkdtemp(prefix="pdist_bench_2p_")
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
   env.pop("XLA_FLAGS", None)
   subprocess.run([sys.executable, "-m", "pdist.launch", "--processes", "2",
                   "--devices-per-process", "1", "--", "--config", WORKLOAD + ":sync",
