@@ -12,22 +12,14 @@ Expected: large_scaled tracks small per epoch (test accuracy within a few points
 lr x lags well behind after the same epochs.
 """
 
-from pdist.config import apply_presets, base_config
+from pdist.config import apply_presets, base_config, tiny
 
 EPOCHS = 30
 NUM_TRAIN = 4000
 LR = 0.01
 
 
-def _tiny(c):
-  c.data.num_train = 512
-  c.data.num_test = 128
-  c.train.steps = 20
-  c.train.log_every = 10
-  c.train.eval_every = 10
-
-
-PRESETS = {"tiny": _tiny}
+PRESETS = {"tiny": tiny}
 
 
 def get_config(arg=None):

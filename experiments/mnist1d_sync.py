@@ -12,15 +12,11 @@ so expect its numbers: test accuracy ~0.89 after 3000 updates.
 Presets: tiny; pmap (the older backend); mlp.
 """
 
-from pdist.config import apply_presets, base_config
+from pdist.config import apply_presets, base_config, tiny
 
 
 def _tiny(c):
-  c.train.steps = 40
-  c.train.log_every = 10
-  c.train.eval_every = 20
-  c.data.num_train = 512
-  c.data.num_test = 128
+  tiny(c, steps=40, eval_every=20)
 
 
 def _pmap(c):

@@ -14,18 +14,10 @@ Measured (2-core CPU, 2026-11-26), test accuracy at t = 150:
   with 32 workers fails), async32_inverse 0.42 (lr / staleness restores sync's curve).
 """
 
-from pdist.config import apply_presets, base_config
+from pdist.config import apply_presets, base_config, tiny
 
 
-def _tiny(c):
-  c.data.num_train = 512
-  c.data.num_test = 128
-  c.train.steps = 20
-  c.train.log_every = 10
-  c.train.eval_every = 10
-
-
-PRESETS = {"tiny": _tiny, "short": lambda c: None}  # short: get_hyper runs 1/3 of the time
+PRESETS = {"tiny": tiny, "short": lambda c: None}  # short: get_hyper runs 1/3 of the time
 
 
 def get_config(arg=None):

@@ -12,21 +12,13 @@ Measured (2-core CPU, 2026-11-26), test accuracy at t = 100: bsp 0.21 (20 update
 bsp_backup1 0.29 (100 updates, 100 dropped gradients), async 0.38 (919 updates).
 """
 
-from pdist.config import apply_presets, base_config
+from pdist.config import apply_presets, base_config, tiny
 
 SIM_TIME = 100
 WORKERS = 10
 
 
-def _tiny(c):
-  c.data.num_train = 512
-  c.data.num_test = 128
-  c.train.steps = 20
-  c.train.log_every = 10
-  c.train.eval_every = 10
-
-
-PRESETS = {"tiny": _tiny, "short": lambda c: None}  # short: get_hyper runs 1/2 of the time
+PRESETS = {"tiny": tiny, "short": lambda c: None}  # short: get_hyper runs 1/2 of the time
 
 
 def get_config(arg=None):

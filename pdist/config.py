@@ -113,6 +113,16 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def tiny(c: ml_collections.ConfigDict, steps: int = 20, log_every: int = 10,
+         eval_every: int = 10) -> None:
+  """The usual `tiny` preset: a small slice of the data and a few updates (seconds, for tests)."""
+  c.data.num_train = 512
+  c.data.num_test = 128
+  c.train.steps = steps
+  c.train.log_every = log_every
+  c.train.eval_every = eval_every
+
+
 def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
   """Splits a preset string "tiny,cnn,workers=4" into (["tiny", "cnn"], {"workers": 4})."""
   names, values = [], {}
