@@ -156,7 +156,11 @@ def run(config, workdir: str | None = None) -> Result:
   if is_writer:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2, sort_keys=True) + "\n")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    had_rows = os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0
     previous = _metrics_up_to(workdir, start_step)
+    if start_step == 0 and had_rows:
+      log(f"pdist: no checkpoint in {workdir}; starting from update 0 and rewriting its metrics")
   else:
     previous = []
 
