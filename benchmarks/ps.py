@@ -12,9 +12,7 @@ subprocess). Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

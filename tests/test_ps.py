@@ -1,13 +1,12 @@
 """The parameter server: equivalences, the delayed recursion, consistency bounds, determinism."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import load_experiment
 from pdist import config as config_lib
-from pdist import data, metrics, tasks, train
+from pdist import metrics, train
 from pdist.config import base_config
 from pdist.ps import ParameterServer, Simulator, sharding
 
