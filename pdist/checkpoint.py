@@ -43,7 +43,15 @@ HARMLESS_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train.
 
 
 class CheckpointError(RuntimeError):
-  """No usable checkpoint, a wrong key, or a config that does not match the checkpoint."""
+  """No usable checkpoint, a wrong key, or a config that does not match the checkpoint.
+
+  `fatal` errors (a key that does not fit the checkpoints) stop the restore at once; the others
+  make it fall back to an older checkpoint.
+  """
+
+  def __init__(self, message: str, fatal: bool = False):
+    super().__init__(message)
+    self.fatal = fatal
 
 
 def load_key(key_file: str) -> bytes | None:
@@ -170,10 +178,10 @@ class Checkpointer:
       if self.key is None:
         raise CheckpointError(
             f"the checkpoints in {self.directory} are encrypted: set config.checkpoint.key_file "
-            f"or ${KEY_ENV} to their key")
+            f"or ${KEY_ENV} to their key", fatal=True)
       if meta["key_id"] != key_id(self.key):
         raise CheckpointError(f"checkpoint {step} was encrypted with a different key than the "
-                              "one given")
+                              "one given", fatal=True)
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
       sealed = np.asarray(restored.state["ciphertext"], np.uint8).tobytes()
@@ -188,7 +196,7 @@ class Checkpointer:
       return state, host, meta
     if self.key is not None:
       raise CheckpointError(f"checkpoint {step} is not encrypted but a key was given; resume "
-                            "without config.checkpoint.key_file, or start fresh")
+                            "without config.checkpoint.key_file, or start fresh", fatal=True)
     target = jax.tree.map(self.ocp.utils.to_shape_dtype_struct, abstract)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
@@ -220,7 +228,7 @@ class Checkpointer:
         state, host, _ = self._restore_step(step, abstract)
         return step, state, host
       except CheckpointError as e:
-        if "different key" in str(e) or "are encrypted" in str(e) or "not encrypted" in str(e):
+        if e.fatal:
           raise
         failures.append((step, str(e)))
       except Exception as e:  # noqa: BLE001 -- truncated or missing files surface in many types

@@ -231,6 +231,13 @@ def test_wrong_or_missing_key_and_tampering_are_refused(tmp_path, monkeypatch):
     train.run(_config(40, every=20, checkpoint__key_file=key), work)
 
 
+def test_a_key_for_plain_checkpoints_is_refused(tmp_path):
+  work = str(tmp_path / "plain")
+  train.run(_config(20), work)
+  with pytest.raises(ckpt_lib.CheckpointError, match="is not encrypted but a key was given"):
+    train.run(_config(40, checkpoint__key_file=_key_file(tmp_path)), work)
+
+
 def test_bad_key_file_is_a_clear_error(tmp_path):
   bad = tmp_path / "bad"
   bad.write_text("not a key")
