@@ -50,19 +50,19 @@ class Sync(Single):
     if (b // self.num_devices) % a:
       raise ConfigError(f"the per-device batch {b // self.num_devices} is not divisible by "
                         f"config.optim.accumulate_steps={a}")
-    super().__init__(config, task, device=self.mesh.devices.flat[0])
     self._replicated = mesh_lib.replicated(self.mesh)
     self._indices_sharding = NamedSharding(self.mesh, P(None, AXIS))
-    if task.has_data:
-      host = {"x": task.dataset.x_train, "y": task.dataset.y_train}
-      if self.backend == "pmap":
-        self.data = jax.tree.map(self._stack_on_devices, host)
-      else:
-        self.data = jax.device_put(host, self._replicated)
+    super().__init__(config, task, device=self.mesh.devices.flat[0])
     if self.backend == "shard_map":
       self._chunk = jax.jit(self._sharded_chunk, static_argnums=(3,), donate_argnums=(0,))
     else:
       self._pmapped = {}
+
+  def place_data(self, host: dict):
+    """A copy of the training set on every device (stacked for pmap, replicated otherwise)."""
+    if self.backend == "pmap":
+      return jax.tree.map(self._stack_on_devices, host)
+    return jax.device_put(host, self._replicated)
 
   # -- the math on one device ------------------------------------------------------------------
   def gradients(self, params, batch, rng):

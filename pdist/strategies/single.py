@@ -29,9 +29,13 @@ class Single(base.Strategy):
     ds = task.dataset
     self.data = None
     if task.has_data:
-      self.data = jax.device_put({"x": ds.x_train, "y": ds.y_train}, self.device)
+      self.data = self.place_data({"x": ds.x_train, "y": ds.y_train})
     self._grad = base.grad_fn(task, config.optim.accumulate_steps)
     self._chunk = jax.jit(self._run_chunk, static_argnums=(3,), donate_argnums=(0,))
+
+  def place_data(self, host: dict):
+    """The training arrays, on the device(s) this strategy computes on."""
+    return jax.device_put(host, self.device)
 
   def initial_state(self, rng):
     """The state before any update (on the default device)."""
