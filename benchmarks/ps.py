@@ -25,7 +25,7 @@ def ps_config(workers: int, consistency: str, steps: int):
   c = mlp_config(batch_size=64, steps=steps, strategy="ps")
   c.ps.workers = workers
   c.ps.consistency = consistency
-  c.ps.partition = "shared" if consistency == "bsp" else "iid"
+  c.data.partition = "shared" if consistency == "bsp" else "iid"
   c.train.log_every = 250
   c.train.progress = False
   return c

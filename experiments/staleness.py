@@ -50,7 +50,7 @@ def get_hyper(arg=None):
   for k in (8, 32):
     bsp_steps, async_steps = (10, 20) if tiny else (sim_time, sim_time * k)
     common = {"ps.workers": k}
-    variants.append((f"bsp{k}", {**common, "ps.consistency": "bsp", "ps.partition": "shared",
+    variants.append((f"bsp{k}", {**common, "ps.consistency": "bsp", "data.partition": "shared",
                                  "train.steps": bsp_steps, "train.log_every": 5,
                                  "train.eval_every": 10 if tiny else 25}))
     for rule in ("none", "inverse"):

@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.optim.momentum = 0.0
   c.optim.learning_rate = 0.05
   c.ps.workers = WORKERS
-  c.ps.partition = "shared"
+  c.data.partition = "shared"
   c.ps.stragglers.fraction = 0.1
   c.ps.stragglers.factor = 5.0
   c.train.steps = SIM_TIME
@@ -50,6 +50,6 @@ def get_hyper(arg=None):
                "train.eval_every": 4}),
       ("bsp_backup1", {"ps.consistency": "bsp", "ps.backup_workers": 1, "train.steps": t,
                        "train.log_every": 5, "train.eval_every": 20}),
-      ("async", {"ps.consistency": "async", "ps.partition": "iid", "train.steps": async_updates,
+      ("async", {"ps.consistency": "async", "data.partition": "iid", "train.steps": async_updates,
                  "train.log_every": 46, "train.eval_every": 184}),
   ]

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 KEY_ENV = "PDIST_CHECKPOINT_KEY"
-FORMAT = "pdist-checkpoint-1"
+FORMAT = "pdist-checkpoint-2"  # 2: states hold the gradient pipeline's state
 # config fields that may change between a run and its resumption
 HARMLESS_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train.progress",
                    "train.save_params", "checkpoint.every", "checkpoint.keep",
@@ -168,7 +168,11 @@ class Checkpointer:
     with open(path) as f:
       meta = json.load(f)
     if meta.get("format") != FORMAT:
-      raise CheckpointError(f"not a pdist checkpoint (format {meta.get('format')!r})")
+      found = meta.get("format")
+      if isinstance(found, str) and found.startswith("pdist-checkpoint-"):
+        raise CheckpointError(f"written by another pdist version (format {found!r}, this one "
+                              f"reads {FORMAT!r}), whose state layout differs")
+      raise CheckpointError(f"not a pdist checkpoint (format {found!r})")
     return meta
 
   def _restore_step(self, step: int, abstract) -> tuple[Any, dict, dict]:

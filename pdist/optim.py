@@ -1,15 +1,15 @@
-"""Optimizers from `config.optim`, built with optax.
+"""Optimizers and learning-rate schedules from `config.optim`, built with optax, registered by name.
 
-sgd (optional heavy-ball or Nesterov momentum), adam, adamw; learning-rate schedules constant,
-cosine (decay to 0 over train.steps), warmup (linear from 0 over warmup_steps, then constant) and
-warmup_cosine; optional global-norm gradient clipping; the linear scaling rule for large batches.
+Optimizers: sgd (optional heavy-ball or Nesterov momentum), adam, adamw. Schedules: constant,
+cosine (decay to 0 over train.steps), warmup (linear from 0 over warmup_steps, then constant),
+warmup_cosine. Optional global-norm gradient clipping; the linear scaling rule for large batches.
 """
 
 from __future__ import annotations
 
 import optax
 
-from pdist.config import ConfigError
+from pdist.registry import OPTIMIZERS, SCHEDULES, ConfigError
 
 
 def scaled_learning_rate(config) -> float:
@@ -24,34 +24,45 @@ def scaled_learning_rate(config) -> float:
   return lr
 
 
+def _needs_warmup(config) -> None:
+  if config.optim.warmup_steps == 0:
+    raise ConfigError(f"config.optim.schedule='{config.optim.schedule}' needs "
+                      "config.optim.warmup_steps > 0")
+
+
+SCHEDULES.register("constant")(lambda lr, steps, warmup: optax.constant_schedule(lr))
+SCHEDULES.register("cosine")(
+    lambda lr, steps, warmup: optax.cosine_decay_schedule(lr, decay_steps=steps))
+SCHEDULES.register("warmup", validate=_needs_warmup)(
+    lambda lr, steps, warmup: optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]))
+SCHEDULES.register("warmup_cosine", validate=_needs_warmup)(
+    lambda lr, steps, warmup: optax.warmup_cosine_decay_schedule(0.0, lr, warmup,
+                                                                 max(steps, warmup + 1)))
+
+
 def schedule(config) -> optax.Schedule:
   """The learning rate as a function of the update count."""
-  lr, steps, warmup = scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps
-  name = config.optim.schedule
-  if name == "constant":
-    return optax.constant_schedule(lr)
-  if name == "cosine":
-    return optax.cosine_decay_schedule(lr, decay_steps=steps)
-  if name == "warmup":
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
-  if name == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
-  raise ConfigError(f"config.optim.schedule='{name}' is not a known schedule")
+  return SCHEDULES.get(config.optim.schedule)(
+      scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps)
+
+
+OPTIMIZERS.register("sgd")(
+    lambda o, lr: optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+OPTIMIZERS.register("adam")(lambda o, lr: optax.adam(lr))
+OPTIMIZERS.register("adamw")(lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))
 
 
 def build(config) -> optax.GradientTransformation:
   """The optax transformation for `config.optim` (learning rate included)."""
   o = config.optim
-  lr = schedule(config)
-  if o.name == "sgd":
-    tx = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
-  elif o.name == "adam":
-    tx = optax.adam(lr)
-  elif o.name == "adamw":
-    tx = optax.adamw(lr, weight_decay=o.weight_decay)
-  else:
-    raise ConfigError(f"config.optim.name='{o.name}' is not a known optimizer")
+  tx = OPTIMIZERS.get(o.name)(o, schedule(config))
   if o.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
   return tx
+
+
+def apply_gradient(tx: optax.GradientTransformation, params, opt_state, grads):
+  """theta <- optimizer(theta, grad): one optax update."""
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state

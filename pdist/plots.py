@@ -36,6 +36,10 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
     if log_loss and "loss" in key:
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
+  shown = set(axes[0][0].get_legend_handles_labels()[1])
+  for label, _ in runs:  # a run with nothing to draw (e.g. diverged at once) is still named
+    if label not in shown:
+      axes[0][0].plot([], [], " ", label=label)
   axes[0][0].legend(fontsize=8)
   fig.tight_layout()
   out = out or os.path.join(workdirs[0], "curves.png" if x == "step" else f"curves_{x}.png")

@@ -3,13 +3,13 @@
 Runs every variant that the experiment's `get_hyper(arg)` declares, one after another, each into
 DIR/<variant>, then overlays their curves in DIR/curves.png (and DIR/curves_epoch.png when the
 runs have data). `get_hyper` returns a list of (name, {"group.field": value, ...}) pairs; the
-command line's overrides apply to every variant.
+command line's overrides apply to every variant. A variant whose loss becomes non-finite is
+recorded as diverged (status and update in sweep.json, marked in the legend) and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -18,20 +18,13 @@ from pdist import config as config_lib
 
 
 def variants(spec: str) -> list[tuple[str, dict]]:
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise config_lib.ConfigError(f"config file '{path}' does not exist")
-  module_spec = importlib.util.spec_from_file_location("pdist_sweep_experiment", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_hyper"):
-    raise config_lib.ConfigError(f"config file '{path}' defines no get_hyper(arg) to sweep over")
-  return list(module.get_hyper(arg or None))
+  """The experiment's get_hyper(arg) list; a broken file or function is one ConfigError."""
+  return list(config_lib.call_experiment(spec, "get_hyper"))
 
 
 def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
   """Trains each variant; returns their summaries (with a "variant" field)."""
-  from pdist import plots, train
+  from pdist import metrics, plots, train
   summaries, dirs, names = [], [], []
   for name, fields in variants(spec):
     extra = [f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
@@ -40,23 +33,23 @@ def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
     print(f"pdist.sweep: {name}: " + ", ".join(f"{k}={v}" for k, v in fields.items()),
           file=sys.stderr)
     out = os.path.join(workdir, name)
-    summary = dict(train.run(config, out).summary, variant=name)
+    try:
+      summary = dict(train.run(config, out).summary, variant=name)
+    except train.Diverged as e:
+      print(f"pdist.sweep: {name}: diverged: {e}", file=sys.stderr)
+      summary = dict(e.summary, variant=name)
+      name = f"{name} (diverged at {e.step})"
     summaries.append(summary)
     dirs.append(out)
     names.append(name)
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(summaries, f, indent=2, sort_keys=True)
   plots.plot_runs(dirs, os.path.join(workdir, "curves.png"), labels=names)
-  keys = train_rows_keys(dirs[0])
+  keys = set().union(*[row.keys() for d in dirs for row in metrics.read(d)])
   for x in ("epoch", "sim_time"):
     if x in keys:
       plots.plot_runs(dirs, os.path.join(workdir, f"curves_{x}.png"), x=x, labels=names)
-  with open(os.path.join(workdir, "sweep.json"), "w") as f:
-    json.dump(summaries, f, indent=2, sort_keys=True)
   return summaries
-
-
-def train_rows_keys(workdir: str) -> set[str]:
-  from pdist import metrics
-  return set().union(*[r.keys() for r in metrics.read(workdir)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pdist.sweep: error: {e}", file=sys.stderr)
     return 2
   for s in summaries:
-    print(json.dumps({k: s[k] for k in ("variant", "step", "loss", "eval_loss", "eval_accuracy")
-                      if k in s}))
+    print(json.dumps({k: s[k] for k in ("variant", "status", "step", "diverged_at", "loss",
+                                        "eval_loss", "eval_accuracy") if k in s}))
   print(f"pdist.sweep: curves in {os.path.join(args.workdir, 'curves.png')}", file=sys.stderr)
   return 0
 

@@ -1,9 +1,15 @@
 """Tasks: what is learnt and how it is scored, on plain parameter pytrees.
 
-A task gives `init(rng) -> params`, `loss(params, batch, rng) -> (loss, aux)` and
-`evaluate(params) -> {"eval_loss": ..., ...}` over its held-out set. A batch is a dict of arrays
-{"x", "y"} (None for the quadratic, which has no data). Strategies only ever see these three
-functions and the training arrays, so every strategy trains every task.
+A task gives
+  init(rng) -> params
+  apply(params, inputs) -> outputs                 the model's forward function (None: no model)
+  per_example_loss(params, batch, rng) -> (losses [B], metrics {name: [B]})
+  loss(params, batch, rng) -> (loss, metrics)      means over the batch
+  evaluate(params) -> {"eval_loss": ..., ...}      over the held-out set
+A batch is a dict of arrays {"x", "y"} and optionally "mask" (None for the quadratic, which has no
+data). With a mask, `loss` is the mask-weighted mean, so a padded or Poisson-sampled batch gives
+the exact mean over its real examples; without one it is the plain mean. Strategies only ever see
+these functions and the training arrays, so every strategy trains every task.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pdist.data import Dataset
 
 Params = Any
 Batch = dict[str, jnp.ndarray] | None
+PerExample = Callable[[Params, Batch, jax.Array], tuple[jnp.ndarray, dict[str, jnp.ndarray]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,26 +37,41 @@ class Task:
   loss: Callable[[Params, Batch, jax.Array], tuple[jnp.ndarray, dict]]
   evaluate: Callable[[Params], dict[str, float]]
   dataset: Dataset
+  apply: Callable[[Params, jnp.ndarray], jnp.ndarray] | None = None
+  per_example_loss: PerExample | None = None
 
   @property
   def has_data(self) -> bool:
     return self.dataset.x_train is not None
 
 
+def batch_mean(per_example: PerExample):
+  """loss(params, batch, rng) from a per-example loss: the (mask-weighted) mean of each value."""
+  def loss(params, batch, rng):
+    losses, metrics = per_example(params, batch, rng)
+    mask = batch.get("mask")
+    if mask is None:
+      return losses.mean(), {k: v.mean() for k, v in metrics.items()}
+    mask = mask.astype(losses.dtype)
+    total = jnp.maximum(mask.sum(), 1.0)
+    return ((losses * mask).sum() / total,
+            {k: (v.astype(losses.dtype) * mask).sum() / total for k, v in metrics.items()})
+  return loss
+
+
 def classification_loss(apply_fn, params, batch, rng):
-  """Mean softmax cross-entropy and accuracy of a batch."""
+  """Per-example softmax cross-entropy and correctness (1.0 / 0.0)."""
   del rng
   logits = apply_fn(params, batch["x"])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-  accuracy = (jnp.argmax(logits, -1) == batch["y"]).mean()
-  return loss, {"accuracy": accuracy}
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+  return losses, {"accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
 
 
 def regression_loss(apply_fn, params, batch, rng):
-  """Mean squared error."""
+  """Per-example squared error (summed over the output dimensions' mean)."""
   del rng
   pred = apply_fn(params, batch["x"])
-  return jnp.mean((pred - batch["y"]) ** 2), {}
+  return jnp.mean((pred - batch["y"]) ** 2, axis=tuple(range(1, pred.ndim))), {}
 
 
 def quadratic_loss(params, batch, rng):
@@ -81,26 +103,32 @@ def _evaluator(loss_fn, x: np.ndarray, y: np.ndarray, chunk: int = 2048):
   return evaluate
 
 
+def _quadratic_task(config, dataset: Dataset) -> Task:
+  dim, parts = config.data.dim, config.data.parts
+
+  def init(rng):
+    theta = jax.random.normal(rng, (dim,), jnp.float32)
+    if parts == 1:
+      return {"theta": theta}
+    # the same draw, cut into parts (so every split has the same closed form)
+    return {f"theta_{i}": p for i, p in enumerate(jnp.array_split(theta, parts))}
+
+  def evaluate(params):
+    return {"eval_loss": float(quadratic_loss(params, None, None)[0])}
+
+  return Task("quadratic", jax.jit(init), quadratic_loss, evaluate, dataset)
+
+
 def build(config, dataset: Dataset) -> Task:
   """The task for `config` on `dataset` (see pdist.data.load)."""
   if dataset.kind == "quadratic":
-    dim, parts = config.data.dim, config.data.parts
-
-    def init(rng):
-      theta = jax.random.normal(rng, (dim,), jnp.float32)
-      if parts == 1:
-        return {"theta": theta}
-      # the same draw, cut into parts (so every split has the same closed form)
-      return {f"theta_{i}": p for i, p in enumerate(jnp.array_split(theta, parts))}
-
-    def evaluate(params):
-      return {"eval_loss": float(quadratic_loss(params, None, None)[0])}
-
-    return Task("quadratic", jax.jit(init), quadratic_loss, evaluate, dataset)
-
-  num_outputs = dataset.num_classes if dataset.kind == "classification" else dataset.y_train.shape[-1]
-  module = models.build(config.model, num_outputs)
-  sample = jnp.zeros((1,) + dataset.input_shape, jnp.float32)
+    return _quadratic_task(config, dataset)
+  classification = dataset.kind == "classification"
+  num_outputs = dataset.num_classes if classification else dataset.y_train.shape[-1]
+  inputs = models.ModelInputs(num_outputs, dataset.input_shape, dataset.input_dtype,
+                              dataset.vocab_size)
+  module = models.build(config.model, inputs)
+  sample = jnp.zeros((1,) + dataset.input_shape, dataset.input_dtype)
 
   def init(rng):
     return module.init(rng, sample)["params"]
@@ -108,11 +136,12 @@ def build(config, dataset: Dataset) -> Task:
   def apply_fn(params, x):
     return module.apply({"params": params}, x)
 
-  base = classification_loss if dataset.kind == "classification" else regression_loss
+  scored = classification_loss if classification else regression_loss
 
-  def loss(params, batch, rng):
-    return base(apply_fn, params, batch, rng)
+  def per_example_loss(params, batch, rng):
+    return scored(apply_fn, params, batch, rng)
 
+  loss = batch_mean(per_example_loss)
   # jitted: Flax's init run op by op would compile dozens of small kernels
-  return Task(dataset.kind, jax.jit(init), loss,
-              _evaluator(loss, dataset.x_test, dataset.y_test), dataset)
+  return Task(dataset.kind, jax.jit(init), loss, _evaluator(loss, dataset.x_test, dataset.y_test),
+              dataset, apply=apply_fn, per_example_loss=per_example_loss)

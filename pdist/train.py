@@ -1,8 +1,8 @@
 """train.run(config, workdir): the outer loop every strategy shares.
 
-It builds the dataset, task and strategy, asks the strategy for updates a log interval at a time,
-evaluates, writes metrics.jsonl / summary.json / config.json and shows progress. Strategies never
-write files.
+Four steps: prepare (dataset, task, strategy, initial state), resume (newest checkpoint, metrics
+cut back to it), loop (updates a log interval at a time, evaluation, metrics rows, checkpoints,
+progress, signals) and finish (summary.json, params). Strategies never write files.
 """
 
 from __future__ import annotations
@@ -24,7 +24,18 @@ from pdist import data, metrics, strategies, tasks
 
 
 class TrainingError(RuntimeError):
-  """Training cannot go on (e.g. the loss became non-finite); the message says where and why."""
+  """Training cannot go on; the message says where and why."""
+
+
+class Diverged(TrainingError):
+  """The training loss became non-finite by update `step`; `summary` is what summary.json holds."""
+
+  def __init__(self, step: int, loss: float, learning_rate: float):
+    super().__init__(f"the training loss became {loss} by update {step}; lower "
+                     f"config.optim.learning_rate (now {learning_rate}) or set "
+                     "config.optim.grad_clip")
+    self.step = step
+    self.summary: dict[str, Any] = {}
 
 
 @dataclasses.dataclass
@@ -133,95 +144,154 @@ def _open_checkpoints(config, workdir, strategy, state, log):
   return ckpt, state, step
 
 
-def run(config, workdir: str | None = None) -> Result:
+@dataclasses.dataclass
+class _Run:
+  """Everything one call of `run` works with, from prepare to finish."""
+  config: Any
+  workdir: str | None
+  is_writer: bool
+  log: Any
+  dataset: Any
+  task: tasks.Task
+  strategy: strategies.Strategy
+  state: Any
+  ckpt: Any = None
+  start_step: int = 0
+  step: int = 0
+  rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  last_row: dict[str, Any] = dataclasses.field(default_factory=dict)
+  writer: Any = None
+  started: float = 0.0
+
+
+def _prepare(config, workdir: str | None, pipeline=None) -> _Run:
+  """Validates the config and builds the data, task, strategy and initial state."""
+  config_lib.validate(config)
+  lead = jax.process_index() == 0
+  is_writer = workdir is not None and lead
+  log = (lambda msg: print(msg, file=sys.stderr)) if lead else (lambda msg: None)
+  if is_writer:
+    os.makedirs(workdir, exist_ok=True)
+  dataset = data.load(config.data)
+  task = tasks.build(config, dataset)
+  strategy = strategies.build(config, task, pipeline=pipeline)
+  state = strategy.init(jax.random.PRNGKey(config.train.seed))
+  return _Run(config, workdir, is_writer, log, dataset, task, strategy, state)
+
+
+def _resume(r: _Run) -> None:
+  """Restores the newest checkpoint (if any) and cuts metrics.jsonl back to its step."""
+  if r.workdir is None:
+    return
+  r.ckpt, r.state, r.start_step = _open_checkpoints(r.config, r.workdir, r.strategy, r.state,
+                                                    r.log)
+  r.step = r.start_step
+  if not r.is_writer:
+    return
+  with open(os.path.join(r.workdir, "config.json"), "w") as f:
+    f.write(r.config.to_json(indent=2, sort_keys=True) + "\n")
+  metrics_path = os.path.join(r.workdir, "metrics.jsonl")
+  had_rows = os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0
+  previous = _metrics_up_to(r.workdir, r.start_step)
+  if r.start_step == 0 and had_rows:
+    r.log(f"pdist: no checkpoint in {r.workdir}; starting from update 0 and rewriting its metrics")
+  r.last_row = previous[-1] if previous else {}
+
+
+def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float) -> dict[str, Any]:
+  """The metrics row after `n` more updates (evaluating when due); raises Diverged if the loss
+  is not finite."""
+  config = r.config
+  loss = chunk.get("loss", float("nan"))
+  if not math.isfinite(loss):
+    raise Diverged(r.step, loss, config.optim.learning_rate)
+  row = {"step": r.step, **chunk}
+  if r.dataset.num_train:
+    row["epoch"] = r.step * r.strategy.examples_per_update(config) / r.dataset.num_train
+  eval_every = config.train.eval_every
+  if (eval_every and r.step % eval_every == 0) or r.step == config.train.steps:
+    row.update(r.task.evaluate(r.strategy.params(r.state)))
+  row["steps_per_sec"] = n / elapsed
+  row["wall_time"] = time.perf_counter() - r.started
+  return row
+
+
+def _loop(r: _Run) -> None:
+  """Runs updates up to the next log / eval / checkpoint stop until train.steps, writing a row and
+  saving checkpoints at each stop; SIGTERM / SIGINT save a checkpoint and raise Preempted."""
+  config, steps, every = r.config, r.config.train.steps, r.config.checkpoint.every
+  bar = metrics.progress(steps, initial=r.step,
+                         enabled=config.train.progress and jax.process_index() == 0)
+  r.started = time.perf_counter()
+  try:
+    with _SignalFlag() as stop:
+      while r.step < steps:
+        n = _next_stop(r.step, config) - r.step
+        t0 = time.perf_counter()
+        r.state, chunk = r.strategy.run(r.state, n)
+        r.step += n
+        row = _row(r, chunk, n, time.perf_counter() - t0)
+        r.rows.append(row)
+        if r.writer:
+          r.writer.write(row)
+        r.last_row = row
+        if r.ckpt is not None and ((every and r.step % every == 0) or r.step == steps and every
+                                   or stop.signum is not None):
+          r.ckpt.save(r.step, r.state, r.strategy.host_state(), config.to_dict())
+          r.log(f"pdist: checkpoint at update {r.step}")
+        bar.update(n)
+        bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
+                        **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row
+                           else {}))
+        if stop.signum is not None and r.step < steps:
+          if r.ckpt is None:
+            raise KeyboardInterrupt
+          r.ckpt.wait()
+          raise Preempted(r.step, stop.signum)
+  finally:
+    bar.close()
+
+
+def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
+  wall = time.perf_counter() - r.started
+  done = r.step - r.start_step
+  summary = {k: v for k, v in r.last_row.items() if k not in metrics.TIMING_FIELDS}
+  summary.update(wall_seconds=wall, updates_per_sec=done / wall if wall > 0 and done else 0.0,
+                 strategy=r.config.strategy, steps=r.config.train.steps,
+                 resumed_from=r.start_step, status=status, **extra)
+  if r.is_writer:
+    metrics.write_json(os.path.join(r.workdir, "summary.json"), summary)
+  return summary
+
+
+def _finish(r: _Run) -> Result:
+  """Writes summary.json (and params.npz if asked) and returns the Result."""
+  summary = _summary(r, "completed")
+  if r.is_writer and r.config.train.save_params:
+    save_params(os.path.join(r.workdir, "params.npz"), r.strategy.params(r.state))
+  return Result(summary, r.state, r.strategy, r.rows)
+
+
+def run(config, workdir: str | None = None, pipeline=None) -> Result:
   """Trains `config` and writes its results to `workdir` (None: write nothing).
 
   With a workdir, an existing WORKDIR/checkpoints is resumed from (unless
   config.checkpoint.restart='fresh'); checkpoints are saved every config.checkpoint.every updates,
-  at the end, and when SIGTERM / SIGINT arrives (then `Preempted` is raised).
+  at the end, and when SIGTERM / SIGINT arrives (then `Preempted` is raised). If the loss becomes
+  non-finite, summary.json records `status: diverged` and `Diverged` is raised. `pipeline`
+  replaces the gradient pipeline that the config builds (for experiments and tests).
   """
-  config_lib.validate(config)
-  is_writer = workdir is not None and jax.process_index() == 0
-  log = (lambda msg: print(msg, file=sys.stderr)) if jax.process_index() == 0 else (lambda m: None)
-  if is_writer:
-    os.makedirs(workdir, exist_ok=True)
-
-  dataset = data.load(config.data)
-  task = tasks.build(config, dataset)
-  strategy = strategies.build(config, task)
-  state = strategy.init(jax.random.PRNGKey(config.train.seed))
-  ckpt, start_step = None, 0
-  if workdir is not None:
-    ckpt, state, start_step = _open_checkpoints(config, workdir, strategy, state, log)
-  if is_writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2, sort_keys=True) + "\n")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    had_rows = os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0
-    previous = _metrics_up_to(workdir, start_step)
-    if start_step == 0 and had_rows:
-      log(f"pdist: no checkpoint in {workdir}; starting from update 0 and rewriting its metrics")
-  else:
-    previous = []
-
-  writer = metrics.MetricsWriter(workdir, enabled=is_writer) if workdir else None
-  steps, eval_every, every = config.train.steps, config.train.eval_every, config.checkpoint.every
-  step = start_step
-  bar = metrics.progress(steps, initial=step,
-                         enabled=config.train.progress and jax.process_index() == 0)
-  rows: list[dict[str, Any]] = []
-  start = time.perf_counter()
-  last_row: dict[str, Any] = previous[-1] if previous else {}
+  r = _prepare(config, workdir, pipeline)
+  _resume(r)
+  r.writer = metrics.MetricsWriter(workdir, enabled=r.is_writer) if workdir else None
   try:
-    with _SignalFlag() as stop:
-      while step < steps:
-        n = _next_stop(step, config) - step
-        t0 = time.perf_counter()
-        state, chunk = strategy.run(state, n)
-        step += n
-        elapsed = time.perf_counter() - t0
-        loss = chunk.get("loss", float("nan"))
-        if not math.isfinite(loss):
-          raise TrainingError(
-              f"the training loss became {loss} by update {step}; lower "
-              f"config.optim.learning_rate (now {config.optim.learning_rate}) or set "
-              "config.optim.grad_clip")
-        row = {"step": step, **chunk}
-        if dataset.num_train:
-          row["epoch"] = step * strategy.examples_per_update(config) / dataset.num_train
-        if (eval_every and step % eval_every == 0) or step == steps:
-          row.update(task.evaluate(strategy.params(state)))
-        row["steps_per_sec"] = n / elapsed
-        row["wall_time"] = time.perf_counter() - start
-        rows.append(row)
-        if writer:
-          writer.write(row)
-        last_row = row
-        if ckpt is not None and ((every and step % every == 0) or step == steps and every
-                                 or stop.signum is not None):
-          ckpt.save(step, state, strategy.host_state(), config.to_dict())
-          log(f"pdist: checkpoint at update {step}")
-        bar.update(n)
-        bar.set_postfix(loss=f"{loss:.4g}", **({"acc": f"{row['eval_accuracy']:.3f}"}
-                                               if "eval_accuracy" in row else {}))
-        if stop.signum is not None and step < steps:
-          if ckpt is None:
-            raise KeyboardInterrupt
-          ckpt.wait()
-          raise Preempted(step, stop.signum)
+    _loop(r)
+  except Diverged as e:
+    e.summary = _summary(r, "diverged", diverged_at=e.step)
+    raise
   finally:
-    bar.close()
-    if writer:
-      writer.close()
-    if ckpt is not None:
-      ckpt.close()
-  wall = time.perf_counter() - start
-  summary = {k: v for k, v in last_row.items() if k not in metrics.TIMING_FIELDS}
-  done = steps - start_step
-  summary.update(wall_seconds=wall, updates_per_sec=done / wall if wall > 0 and done else 0.0,
-                 strategy=config.strategy, steps=steps, resumed_from=start_step)
-  if is_writer:
-    metrics.write_json(os.path.join(workdir, "summary.json"), summary)
-    if config.train.save_params:
-      save_params(os.path.join(workdir, "params.npz"), strategy.params(state))
-  return Result(summary, state, strategy, rows)
+    if r.writer:
+      r.writer.close()
+    if r.ckpt is not None:
+      r.ckpt.close()
+  return _finish(r)

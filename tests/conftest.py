@@ -29,6 +29,24 @@ def load_experiment(name: str, arg: str = "tiny", overrides=()):
                          overrides)
 
 
+def set_fields(config, **fields):
+  """Sets dotted fields written with "__" for ".": set_fields(c, ps__workers=4)."""
+  for key, value in fields.items():
+    config_lib.set_field(config, key.replace("__", "."), value)
+  return config
+
+
+def max_diff(a, b) -> float:
+  """Largest absolute difference between two pytrees of arrays."""
+  import numpy as np
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: takes more than a few seconds (subprocesses, long runs)")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _eight_devices():
   assert jax.device_count() == 8, "conftest must force 8 CPU devices before jax starts"

@@ -1,10 +1,14 @@
 """Bad input gets one clear sentence and a non-zero exit, never a traceback."""
 
+import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 from conftest import EXPERIMENTS
+from pdist import config as config_lib
 from pdist.__main__ import main
 
 MNIST = os.path.join(EXPERIMENTS, "mnist1d.py") + ":tiny"
@@ -15,7 +19,7 @@ MNIST = os.path.join(EXPERIMENTS, "mnist1d.py") + ":tiny"
     (["--config.nothing.lr=1"], "unknown config field 'config.nothing.lr'"),
     (["--config.optim.learning_rate=-0.1"], "config.optim.learning_rate must be positive, got -0.1"),
     (["--config.optim.learning_rate=fast"], "config.optim.learning_rate must be of type float"),
-    (["--config.model.name=resnet"], "config.model.name='resnet' is not one of: mlp, cnn1d"),
+    (["--config.model.name=resnet"], "config.model.name='resnet' is not one of: mlp, linear, cnn1d, cnn2d, none"),
     (["--config.data.name=imagenet"], "config.data.name='imagenet' is not one of: mnist1d"),
     (["--config.optim.name=lamb"], "config.optim.name='lamb' is not one of: sgd, adam, adamw"),
     (["--config.data.batch_size=100000"],
@@ -66,8 +70,71 @@ def test_diverging_run_stops_with_clear_message(tmp_path, capsys):
 
 
 def test_preset_values_and_overrides_compose():
-  from pdist import config as config_lib
   c = config_lib.load(os.path.join(EXPERIMENTS, "mnist1d.py") + ":cnn,tiny,optim.learning_rate=0.5",
                       ["--config.model.hidden=(8,8)", "--config.train.steps=7"])
   assert c.model.name == "cnn1d" and c.optim.learning_rate == 0.5
   assert c.model.hidden == (8, 8) and c.train.steps == 7
+
+
+def test_moved_partition_field_points_to_its_new_place(tmp_path, capsys):
+  code = main(["--config", MNIST, "--workdir", str(tmp_path / "w"), "--config.ps.partition=label"])
+  err = capsys.readouterr().err
+  assert code == 2 and "config.ps.partition has moved to config.data.partition" in err
+
+
+def test_diverged_run_writes_a_summary_that_says_so(tmp_path, capsys):
+  workdir = tmp_path / "w"
+  code = main(["--config", MNIST, "--workdir", str(workdir), "--config.optim.learning_rate=1e30",
+               "--config.train.progress=False", "--config.train.log_every=10"])
+  assert code == 3
+  summary = json.load(open(workdir / "summary.json"))
+  assert summary["status"] == "diverged" and summary["diverged_at"] == 10
+  ok = tmp_path / "ok"
+  assert main(["--config", MNIST, "--workdir", str(ok), "--config.train.progress=False"]) == 0
+  assert json.load(open(ok / "summary.json"))["status"] == "completed"
+
+
+def test_a_registered_strategy_brings_its_config_group_and_checks(tmp_path):
+  """A strategy is one class registered by name: its group joins the schema, its checks run
+  only when it is selected, and train.run uses it untouched."""
+  import ml_collections
+  from pdist import registry, strategies, train
+  from pdist.strategies.single import Single
+
+  def defaults():
+    group = ml_collections.ConfigDict()
+    group.lr_factor = 1.0
+    return group
+
+  def validate(config):
+    registry.check_positive(config, "halved.lr_factor")
+
+  class Halved(Single):
+    """`single` at config.halved.lr_factor times the learning rate."""
+    def __init__(self, config, task, pipeline=None):
+      config = config.copy_and_resolve_references()
+      config.optim.learning_rate *= config.halved.lr_factor
+      super().__init__(config, task, pipeline=pipeline)
+
+  registry.STRATEGIES.register("halved", config=defaults, validate=validate)(Halved)
+  try:
+    c = config_lib.load(MNIST, ["--config.halved.lr_factor=0.5", "--config.train.progress=False"])
+    assert c.halved.lr_factor == 0.5
+    c.halved.lr_factor = -1.0  # not selected: not checked
+    config_lib.validate(c)
+    c.strategy = "halved"
+    with pytest.raises(config_lib.ConfigError, match="config.halved.lr_factor must be positive"):
+      config_lib.validate(c)
+    c.halved.lr_factor = 0.5
+    c.optim.learning_rate = 0.2
+    halved = train.run(c)
+    assert isinstance(halved.strategy, Halved)
+    c.strategy, c.optim.learning_rate = "single", 0.1
+    plain = train.run(c)
+    for a, b in zip(jax.tree.leaves(halved.params), jax.tree.leaves(plain.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  finally:
+    registry.STRATEGIES._entries.pop("halved")
+  with pytest.raises(config_lib.ConfigError, match="config.strategy='halved' is not one of: "):
+    c.strategy = "halved"
+    strategies.build(c, None)

@@ -24,10 +24,21 @@ def test_experiment_runs_tiny(name, tmp_path):
   assert result.summary["steps"] == config.train.steps
 
 
-def test_experiment_docstrings_give_the_command():
+def test_every_command_in_the_experiment_cards_loads():
+  """The commands each experiment's docstring gives (its card) name a loadable config."""
+  import re
+  from pdist import config as config_lib
+  found = 0
   for name in NAMES:
-    source = open(os.path.join(EXPERIMENTS, f"{name}.py")).read()
-    assert "python -m pdist" in source, f"experiments/{name}.py docstring lacks its command"
+    card = config_lib.load_experiment(os.path.join(EXPERIMENTS, f"{name}.py"))[0].__doc__ or ""
+    commands = re.findall(r"python -m pdist(?:\.sweep)? --config (\S+)(.*)", card)
+    assert commands, f"experiments/{name}.py gives no command in its docstring"
+    for spec, rest in commands:
+      overrides = re.findall(r"--config\.\S+=\S+", rest)
+      config = config_lib.load(os.path.join(ROOT, spec), overrides)
+      assert config.train.steps > 0
+      found += 1
+  assert found >= len(NAMES)
 
 
 def test_command_line_end_to_end(tmp_path):
@@ -71,6 +82,36 @@ def test_sweep_runs_every_variant_and_plots(tmp_path):
   assert {s["step"] for s in summaries} == {20}
   for png in ("curves.png", "curves_epoch.png"):
     assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+  assert all(s["status"] == "completed" for s in summaries)
   # the scaled variant really ran at 8x the learning rate of `small`
   scaled = json.load(open(tmp_path / "large_scaled" / "config.json"))
   assert scaled["data"]["batch_size"] == 256 and scaled["optim"]["base_batch_size"] == 32
+
+
+def test_sweep_records_a_diverged_variant_and_goes_on(tmp_path):
+  from pdist import sweep
+  exp = tmp_path / "lrs.py"
+  exp.write_text(
+      "import sys\n"
+      f"sys.path.insert(0, {EXPERIMENTS!r})\n"
+      "from mnist1d import get_config\n"
+      "def get_hyper(arg=None):\n"
+      "  return [('huge', {'optim.learning_rate': 1e30, 'optim.name': 'sgd'}),\n"
+      "          ('fine', {'optim.learning_rate': 0.01})]\n")
+  summaries = sweep.run_sweep(f"{exp}:tiny", str(tmp_path / "out"),
+                              ["--config.train.progress=False"])
+  assert [s["status"] for s in summaries] == ["diverged", "completed"]
+  assert summaries[0]["diverged_at"] == 20 and summaries[1]["step"] == 60
+  saved = json.load(open(tmp_path / "out" / "sweep.json"))
+  assert [s["status"] for s in saved] == ["diverged", "completed"]
+  assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_of_a_broken_file_is_one_sentence(tmp_path, capsys):
+  from pdist import sweep
+  bad = tmp_path / "bad.py"
+  bad.write_text("import nonexistent_module_xyz\n")
+  assert sweep.main(["--config", str(bad), "--workdir", str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err
+  assert "failed to load: ModuleNotFoundError" in err and "Traceback" not in err
+  assert len(err.strip().splitlines()) == 1

@@ -4,11 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_experiment
+from conftest import load_experiment, max_diff, set_fields
 from pdist import config as config_lib
 from pdist import metrics, train
 from pdist.config import base_config
-from pdist.ps import ParameterServer, Simulator, sharding
+from pdist.ps import AsyncOp, BspRound, ParameterServer, Simulator, sharding
 
 
 def _config(strategy="ps", batch=16, steps=40, log_every=10, **fields):
@@ -19,29 +19,74 @@ def _config(strategy="ps", batch=16, steps=40, log_every=10, **fields):
   c.model.hidden = (32, 32)
   c.train.steps, c.train.log_every, c.train.eval_every = steps, log_every, 0
   c.train.progress = False
-  for key, value in fields.items():
-    config_lib.set_field(c, key.replace("__", "."), value)
-  return c
+  return set_fields(c, **fields)
 
 
-def _max_diff(a, b):
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
-
-def test_async_one_worker_equals_single():
-  ref = train.run(_config("single"))
-  got = train.run(_config(ps__workers=1, ps__consistency="async"))
-  assert _max_diff(ref.params, got.params) < 1e-6
+def test_async_one_worker_equals_single_in_parameters_and_metrics(tmp_path):
+  """One async worker is single-device SGD: same parameters, and every deterministic field of
+  the shared metrics (loss and accuracy of the gradients applied, eval, epoch) agrees."""
+  ref = train.run(_config("single", steps=30, log_every=5, train__eval_every=10),
+                  str(tmp_path / "single"))
+  got = train.run(_config(steps=30, log_every=5, train__eval_every=10, ps__workers=1,
+                          ps__consistency="async"), str(tmp_path / "ps"))
+  assert max_diff(ref.params, got.params) < 1e-6
   assert got.summary["staleness_max"] == 0
+  rows_ref, rows_got = metrics.read(str(tmp_path / "single")), metrics.read(str(tmp_path / "ps"))
+  assert [r["step"] for r in rows_ref] == [r["step"] for r in rows_got] == [5, 10, 15, 20, 25, 30]
+  for a, b in zip(metrics.without_timing(rows_ref), metrics.without_timing(rows_got)):
+    for key in a:
+      assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+
+
+def test_replay_step_applies_the_slot_then_refills_it():
+  """One hand-built async op, against the math written out: apply worker 1's gradient, then
+  worker 1 pulls and computes its next gradient at the new parameters."""
+  c = _config(ps__workers=2, steps=1)
+  c.optim.momentum = 0.0
+  strategy = train.run(c).strategy
+  state = strategy.init(jax.random.PRNGKey(0))
+  g0 = jax.tree.map(lambda p: np.full(p.shape, 0.5, p.dtype), state["params"])
+  state["slots"]["grads"] = jax.tree.map(lambda s, g: s.at[1].set(g), state["slots"]["grads"], g0)
+  state["slots"]["metrics"]["loss"] = state["slots"]["metrics"]["loss"].at[1].set(2.5)
+  params0 = jax.device_get(state["params"])
+  ops = [AsyncOp(apply_worker=1, scale=0.5, pull_worker=1, pull_iteration=7)]
+  state, (sums, count) = strategy._chunk(state, strategy.data, strategy._encode_ops(ops, 1))
+  expected = jax.tree.map(lambda p: p - 0.05 * 0.5 * 0.5, params0)
+  assert max_diff(state["params"], expected) < 1e-7
+  assert int(state["step"]) == 1 and list(np.asarray(state["versions"])) == [1]
+  assert float(count) == 1 and float(sums["loss"]) == 2.5  # the loss of the gradient applied
+  batch = {k: v[strategy.worker_batch(1, 7)] for k, v in
+           {"x": strategy.task.dataset.x_train, "y": strategy.task.dataset.y_train}.items()}
+  want = jax.grad(lambda p: strategy.task.loss(p, batch, None)[0])(expected)
+  assert max_diff(jax.tree.map(lambda s: s[1], state["slots"]["grads"]), want) < 1e-6
+  assert max_diff(jax.tree.map(lambda s: s[0], state["slots"]["grads"]),
+                  jax.tree.map(np.zeros_like, want)) == 0.0  # worker 0's slot untouched
+
+
+def test_bsp_round_averages_per_worker_gradients_of_the_concatenated_batch():
+  c = _config(ps__workers=3, ps__consistency="bsp", data__partition="iid", steps=1)
+  c.optim.momentum = 0.0
+  strategy = train.run(c).strategy
+  state = strategy.init(jax.random.PRNGKey(0))
+  params0 = jax.device_get(state["params"])
+  state, m = strategy._chunk(state, strategy.data,
+                             strategy._encode_rounds([BspRound(workers=(0, 1, 2), round=4)]))
+  idx = np.concatenate([strategy.worker_batch(w, 4) for w in range(3)])
+  batch = {"x": strategy.task.dataset.x_train[idx], "y": strategy.task.dataset.y_train[idx]}
+  (loss, _), grads = jax.value_and_grad(lambda p: strategy.task.loss(p, batch, None),
+                                        has_aux=True)(params0)
+  expected = jax.tree.map(lambda p, g: p - 0.05 * g, params0, grads)
+  assert max_diff(state["params"], expected) < 1e-6
+  assert float(m["loss"]) == pytest.approx(float(loss), rel=1e-6)
 
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_bsp_equals_single_with_the_global_batch(workers):
   ref = train.run(_config("single", batch=16 * workers))
-  got = train.run(_config(ps__workers=workers, ps__consistency="bsp", ps__partition="shared",
+  got = train.run(_config(ps__workers=workers, ps__consistency="bsp", data__partition="shared",
                           ps__compute_time__dist="lognormal", ps__compute_time__spread=0.5))
-  assert _max_diff(ref.params, got.params) < 1e-5
+  assert max_diff(ref.params, got.params) < 1e-5
   assert all(r["staleness_max"] == 0 for r in got.rows)
 
 
@@ -70,10 +115,8 @@ def test_async_mean_staleness_is_workers_minus_one():
 def _ps_config(seed, **fields):
   c = base_config()
   c.ps.workers = 6
-  for key, value in fields.items():
-    config_lib.set_field(c, key.replace("__", "."), value)
   c.train.seed = seed
-  return c
+  return set_fields(c, **fields)
 
 
 def test_ssp_clock_gap_never_exceeds_bound_under_random_timing():
@@ -130,7 +173,7 @@ def test_sharded_server_equals_central_when_timing_is_equal():
   central = train.run(_config(ps__shards=1, **kw))
   sharded = train.run(_config(ps__shards=4, **kw))
   assert len(sharded.strategy.shards) == 4
-  assert _max_diff(central.params, sharded.params) < 1e-6
+  assert max_diff(central.params, sharded.params) < 1e-6
   assert metrics.without_timing(central.rows) == metrics.without_timing(sharded.rows)
 
 
@@ -162,11 +205,11 @@ def test_eager_server_replaying_the_schedule_equals_the_compiled_strategy():
       pending[op.pull_worker] = (workers[op.pull_worker].compute(server.params,
                                                                  op.pull_iteration), versions)
   assert server.versions == [30, 30]
-  assert _max_diff(compiled.params, server.params) < 1e-5
+  assert max_diff(compiled.params, server.params) < 1e-5
 
 
 def test_backup_workers_drop_the_slowest_and_save_time():
-  kw = dict(ps__workers=5, ps__consistency="bsp", ps__partition="shared",
+  kw = dict(ps__workers=5, ps__consistency="bsp", data__partition="shared",
             ps__stragglers__fraction=0.2, ps__stragglers__factor=5.0)
   plain = train.run(_config(**kw, steps=20))
   backup = train.run(_config(**kw, ps__backup_workers=1, steps=20))

@@ -3,11 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import load_experiment
-from pdist import data, metrics, optim, tasks, train
+from pdist import data, metrics, optim, strategies, tasks, train
 
 
 def _config(**overrides):
@@ -86,17 +85,41 @@ def test_schedules(schedule, expected):
                               if schedule != "warmup" else lr(10)], expected, atol=1e-6)
 
 
-def test_optimizers_match_optax():
-  for name, ref in (("adam", optax.adam(0.1)), ("adamw", optax.adamw(0.1, weight_decay=0.01)),
-                    ("sgd", optax.sgd(0.1, momentum=0.9))):
-    c = _config(optim__name=name, optim__learning_rate=0.1, optim__weight_decay=0.01,
-                optim__momentum=0.9 if name == "sgd" else 0.0)
-    tx = optim.build(c)
-    p = {"w": jnp.arange(3.0)}
-    g = {"w": jnp.array([0.3, -1.0, 2.0])}
-    u1, _ = tx.update(g, tx.init(p), p)
-    u2, _ = ref.update(g, ref.init(p), p)
-    np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-6)
+def test_one_update_is_heavy_ball_momentum_on_the_batch():
+  """Single.update on a hand-built batch, twice, against v <- m v + g; theta <- theta - lr v."""
+  c = _config(optim__name="sgd", optim__learning_rate=0.1, optim__momentum=0.9)
+  strategy = strategies.build(c, tasks.build(c, data.load(c.data)))
+  state = strategy.init(jax.random.PRNGKey(3))
+  ds = strategy.task.dataset
+  batch = {"x": jnp.asarray(ds.x_train[:7]), "y": jnp.asarray(ds.y_train[:7])}
+  params = jax.device_get(state["params"])
+  velocity = jax.tree.map(np.zeros_like, params)
+  update = jax.jit(strategy.update)
+  for _ in range(2):
+    (loss, aux), g = jax.value_and_grad(lambda p: strategy.task.loss(p, batch, None),
+                                        has_aux=True)(params)
+    state, m = update(state, batch)
+    velocity = jax.tree.map(lambda v, g: 0.9 * v + g, velocity, g)
+    params = jax.tree.map(lambda p, v: p - 0.1 * v, params, velocity)
+    assert float(m["loss"]) == pytest.approx(float(loss), rel=1e-6)
+    assert float(m["accuracy"]) == pytest.approx(float(aux["accuracy"]))
+  assert int(state["step"]) == 2
+  for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mask_weights_the_loss_as_dropping_the_examples():
+  c = _config()
+  task = tasks.build(c, data.load(c.data))
+  params = task.init(jax.random.PRNGKey(0))
+  x, y = task.dataset.x_train[:10], task.dataset.y_train[:10]
+  mask = np.array([1, 0, 1, 1, 0, 0, 1, 1, 1, 0], np.float32)
+  masked, aux = task.loss(params, {"x": x, "y": y, "mask": mask}, None)
+  kept, aux_kept = task.loss(params, {"x": x[mask > 0], "y": y[mask > 0]}, None)
+  assert float(masked) == pytest.approx(float(kept), rel=1e-6)
+  assert float(aux["accuracy"]) == pytest.approx(float(aux_kept["accuracy"]))
+  losses, _ = task.per_example_loss(params, {"x": x, "y": y}, None)
+  assert losses.shape == (10,) and task.apply(params, x).shape == (10, 10)
 
 
 @pytest.mark.parametrize("dataset, model", [("digits", "cnn2d"), ("teacher", "mlp"),

@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 
-from pdist.config import ConfigError
+from pdist.registry import DATASETS, ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Dataset:
   x_test: np.ndarray | None
   y_test: np.ndarray | None
   num_classes: int = 0
+  vocab_size: int = 0  # token data: inputs are integers in [0, vocab_size)
 
   @property
   def num_train(self) -> int:
@@ -32,7 +33,13 @@ class Dataset:
 
   @property
   def input_shape(self) -> tuple[int, ...]:
+    """The shape of one example (without the batch axis); () for data-free tasks."""
     return () if self.x_train is None else tuple(self.x_train.shape[1:])
+
+  @property
+  def input_dtype(self) -> np.dtype:
+    """The dtype of the inputs (float32 for signals and images; integers for token data)."""
+    return np.dtype(np.float32) if self.x_train is None else self.x_train.dtype
 
 
 def cache_dir() -> str:
@@ -113,24 +120,29 @@ def quadratic() -> Dataset:
   return Dataset("quadratic", "quadratic", None, None, None, None, 0)
 
 
+# -- registered loaders: name -> fn(config.data) -> Dataset ---------------------------------------------
+DATASETS.register("mnist1d")(lambda d: mnist1d(d.num_train, d.num_test))
+DATASETS.register("digits")(lambda d: digits())
+DATASETS.register("teacher")(
+    lambda d: teacher(d.num_train, d.num_test, d.dim, d.num_classes, d.seed))
+DATASETS.register("regression")(
+    lambda d: regression_teacher(d.num_train, d.num_test, d.dim, d.seed))
+
+
+def _validate_quadratic(config) -> None:
+  if config.data.parts < 1 or config.data.parts > config.data.dim:
+    raise ConfigError(f"config.data.parts must be in [1, config.data.dim], got {config.data.parts}")
+  if config.model.name != "none":
+    raise ConfigError("config.data.name='quadratic' trains theta directly: set config.model.name='none'")
+
+
+DATASETS.register("quadratic", validate=_validate_quadratic)(lambda d: quadratic())
+
+
 def load(data_config) -> Dataset:
   """The dataset named by `config.data`; checks that its batch size fits."""
-  name = data_config.name
-  if name == "mnist1d":
-    ds = mnist1d(data_config.num_train, data_config.num_test)
-  elif name == "digits":
-    ds = digits()
-  elif name == "teacher":
-    ds = teacher(data_config.num_train, data_config.num_test, data_config.dim,
-                 data_config.num_classes, data_config.seed)
-  elif name == "regression":
-    ds = regression_teacher(data_config.num_train, data_config.num_test, data_config.dim,
-                            data_config.seed)
-  elif name == "quadratic":
-    return quadratic()
-  else:
-    raise ConfigError(f"config.data.name='{name}' is not a known dataset")
-  if data_config.batch_size > ds.num_train:
+  ds = DATASETS.get(data_config.name)(data_config)
+  if ds.num_train and data_config.batch_size > ds.num_train:
     raise ConfigError(f"config.data.batch_size={data_config.batch_size} is larger than the "
-                      f"{ds.num_train} training examples of '{name}'")
+                      f"{ds.num_train} training examples of '{data_config.name}'")
   return ds

@@ -1,13 +1,21 @@
-"""Splitting a training set over workers: iid shards, label-sorted shards, Dirichlet(alpha).
+"""Who holds which examples: partitions of a training set over workers (or clients).
 
-Each function returns a list of index arrays, one per worker, disjoint and covering the set (up to
-the remainder of an even split for `iid`). With one worker every scheme returns all examples in
-their original order, so a single worker sees exactly the data a single device sees.
+`config.data.partition` names a registered scheme: `iid` shards, `label` (label-sorted shards),
+`dirichlet` (per-class shares ~ Dirichlet(config.data.dirichlet_alpha)), or `shared` (no split:
+worker k takes slice k of one global batch, as the devices of `sync` do). `WorkerSampler` turns a
+scheme into batches: worker k's i-th batch is a pure function of (seed, k, i).
+
+Each split function returns a list of index arrays, one per worker, disjoint and covering the set
+(up to the remainder of an even split for `iid`). With one worker every scheme returns all examples
+in their original order, so a single worker sees exactly the data a single device sees.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from pdist.data.sampler import batch_indices
+from pdist.registry import PARTITIONS, ConfigError
 
 
 def iid(n: int, workers: int, seed: int) -> list[np.ndarray]:
@@ -36,7 +44,7 @@ def dirichlet(labels: np.ndarray, workers: int, alpha: float, seed: int) -> list
   if workers == 1:
     return [np.arange(n, dtype=np.int32)]
   if alpha <= 0:
-    raise ValueError(f"dirichlet alpha must be positive, got {alpha}")
+    raise ConfigError(f"config.data.dirichlet_alpha must be positive, got {alpha}")
   rng = np.random.default_rng([seed, 3])
   parts: list[list[np.ndarray]] = [[] for _ in range(workers)]
   for c in np.unique(labels):
@@ -51,3 +59,52 @@ def dirichlet(labels: np.ndarray, workers: int, alpha: float, seed: int) -> list
       big = int(np.argmax([len(p) for p in out]))
       out[w], out[big] = out[big][-1:], out[big][:-1]
   return out
+
+
+# -- registered schemes: name -> fn(dataset, workers, seed, config.data) -> parts (None = shared) -----
+PARTITIONS.register("iid")(lambda ds, k, seed, d: iid(ds.num_train, k, seed))
+PARTITIONS.register("label")(lambda ds, k, seed, d: label_shards(ds.y_train, k, seed))
+PARTITIONS.register("dirichlet")(
+    lambda ds, k, seed, d: dirichlet(ds.y_train, k, d.dirichlet_alpha, seed))
+PARTITIONS.register("shared")(lambda ds, k, seed, d: None)
+
+
+class WorkerSampler:
+  """Batch indices of each worker's gradients under `config.data.partition`.
+
+  With a split (iid, label, dirichlet) worker k draws its batches from its own part, in epochs of
+  its own permutations; with `shared`, global batch i (batch_size * workers examples of the whole
+  set) is cut into `workers` slices and worker k takes slice k of it.
+  """
+
+  def __init__(self, data_config, dataset, workers: int, seed: int, batch_size: int):
+    self.name = data_config.partition
+    self.workers, self.seed, self.batch_size = workers, seed, batch_size
+    self.num_train = dataset.num_train
+    self.parts = PARTITIONS.get(self.name)(dataset, workers, seed, data_config)
+    smallest = self.num_train if self.parts is None else min(len(p) for p in self.parts)
+    need = batch_size * (workers if self.parts is None else 1)
+    if need > smallest:
+      raise ConfigError(
+          f"config.data.batch_size={batch_size} per worker does not fit: a worker's data has "
+          f"{smallest} examples (config.data.partition='{self.name}', {workers} workers)")
+    self._global: dict[int, np.ndarray] = {}
+
+  def indices(self, worker: int, iteration: int) -> np.ndarray:
+    """Indices into the training set of `worker`'s `iteration`-th batch, shape [batch_size]."""
+    b = self.batch_size
+    if self.parts is None:
+      if iteration not in self._global:
+        if len(self._global) > 4 * self.workers:
+          self._global.clear()
+        self._global[iteration] = batch_indices(self.seed, iteration, b * self.workers,
+                                                self.num_train)[0]
+      return self._global[iteration][worker * b:(worker + 1) * b]
+    part = self.parts[worker]
+    return part[batch_indices(self.seed, iteration, b, len(part), worker=worker)[0]]
+
+  def sizes(self) -> list[int]:
+    """Examples held by each worker (all of them under `shared`)."""
+    if self.parts is None:
+      return [self.num_train] * self.workers
+    return [len(p) for p in self.parts]

@@ -1,1 +1,1 @@
-"""Synchronous data parallelism over a device mesh, within one process or across several."""
+"""Device meshes and multi-process set-up (jax.distributed); the `sync` strategy uses them."""

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pdist.config import ConfigError
+from pdist.registry import ConfigError
 
 AXIS = "data"
 

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import optax
 
-from pdist.config import ConfigError
-from pdist.strategies.base import apply_gradient
+from pdist.optim import apply_gradient
+from pdist.registry import ConfigError
 
 
 def partition_leaves(params, num_shards: int) -> list[list[int]]:

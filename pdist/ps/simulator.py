@@ -5,7 +5,7 @@ decides the order of events, and the result is a *schedule* that the compiled ex
 
 Asynchronous and stale-synchronous (async, ssp) — one loop per worker:
   pull served at t      the worker's snapshot is the server's state at t (version v)
-  ... reply arrives after `transfer`, the gradient takes a compute time, the push `transfer` ...
+  ... reply arrives after the pull transfer, the gradient takes a compute time, the push transfer ...
   push arrives at t'    the server applies it: staleness = version now - v, version += 1,
                         the worker's clock (completed iterations) += 1; the worker's next pull
                         request rides behind its push, so it is served at t' right after.
@@ -34,24 +34,35 @@ from pdist.ps.timing import TimingModel
 
 
 @dataclass
-class Op:
-  """One replay step: apply worker a's pending gradient (scaled), then let worker p pull.
+class AsyncOp:
+  """One async / ssp replay step: apply worker a's pending gradient (scaled), then let worker p pull.
 
   apply_worker / pull_worker = -1 means "none". pull_iteration numbers worker p's gradients, which
-  picks its batch. For bsp, `bsp_workers` lists the workers whose gradients are averaged.
+  picks its batch.
   """
   apply_worker: int = -1
   scale: float = 1.0
   pull_worker: int = -1
   pull_iteration: int = 0
-  bsp_workers: tuple[int, ...] = ()
-  bsp_round: int = 0
+
+
+@dataclass
+class BspRound:
+  """One bsp update: the gradients of `workers` (all computed on the same version) are averaged.
+
+  `round` numbers the rounds, and so each worker's batch in it.
+  """
+  workers: tuple[int, ...]
+  round: int
+
+
+Op = AsyncOp | BspRound
 
 
 @dataclass
 class Interval:
   """The ops of `advance(n)` and what happened meanwhile."""
-  ops: list[Op] = field(default_factory=list)
+  ops: list = field(default_factory=list)
   staleness: list[int] = field(default_factory=list)
   sim_time: float = 0.0
   max_clock_gap: int = 0
@@ -67,13 +78,17 @@ class Interval:
 class Simulator:
   """Host-side discrete-event simulation of K workers and a (sharded) server."""
 
-  def __init__(self, ps_config, shard_bytes: list[int], seed: int):
+  def __init__(self, ps_config, shard_bytes: list[int], seed: int,
+               push_bytes: list[int] | None = None):
+    """`shard_bytes`: each shard's parameter bytes (a pull); `push_bytes`: a push's bytes per shard
+    (default: the same)."""
     self.K = int(ps_config.workers)
     self.consistency = ps_config.consistency
     self.max_staleness = int(ps_config.max_staleness)
     self.backup = int(ps_config.backup_workers)
     self.inverse_lr = ps_config.staleness_lr == "inverse"
-    self.timing = TimingModel(ps_config, self.K, shard_bytes, seed)
+    self.timing = TimingModel(ps_config, self.K, shard_bytes,
+                              shard_bytes if push_bytes is None else push_bytes, seed)
     self.rng = np.random.default_rng([seed, 11])
     self.time = 0.0
     self.version = 0
@@ -141,9 +156,9 @@ class Simulator:
     it = self.iteration[w]
     self.iteration[w] += 1
     self.in_flight[w] = True
-    self.totals["bytes_pulled"] += self.timing.model_bytes
-    done = (self.time + self.timing.transfer + self.timing.compute(self.rng, w)
-            + self.timing.transfer)
+    self.totals["bytes_pulled"] += self.timing.pull_bytes
+    done = (self.time + self.timing.pull_transfer + self.timing.compute(self.rng, w)
+            + self.timing.push_transfer)
     self._schedule(done, "push", w, self.token[w])
     return w, it
 
@@ -156,7 +171,7 @@ class Simulator:
     if token != self.token[w] or not self.up[w]:
       return
     pw, it = self._serve_pull(w)
-    out.ops.append(Op(pull_worker=pw, pull_iteration=it))
+    out.ops.append(AsyncOp(pull_worker=pw, pull_iteration=it))
 
   def _on_push(self, w: int, token: int, out: Interval) -> None:
     if token != self.token[w] or not self.up[w]:
@@ -167,9 +182,9 @@ class Simulator:
     self.updates += 1
     self.clock[w] += 1
     self.in_flight[w] = False
-    self.totals["bytes_pushed"] += self.timing.model_bytes
+    self.totals["bytes_pushed"] += self.timing.push_bytes
     out.staleness.append(staleness)
-    op = Op(apply_worker=w, scale=scale)
+    op = AsyncOp(apply_worker=w, scale=scale)
     if self._may_start(w):
       op.pull_worker, op.pull_iteration = self._serve_pull(w)
     else:
@@ -225,16 +240,16 @@ class Simulator:
     self.token[w] += 1
     self.in_flight[w] = True
     self.pulled_version[w] = self.version
-    self.totals["bytes_pulled"] += self.timing.model_bytes
-    done = (self.time + extra_latency + self.timing.transfer + self.timing.compute(self.rng, w)
-            + self.timing.transfer)
+    self.totals["bytes_pulled"] += self.timing.pull_bytes
+    done = (self.time + extra_latency + self.timing.pull_transfer
+            + self.timing.compute(self.rng, w) + self.timing.push_transfer)
     self._schedule(done, "arrive", w, self.token[w])
 
   def _on_arrive(self, w: int, token: int, out: Interval) -> None:
     if token != self.token[w] or not self.up[w]:
       return
     self.in_flight[w] = False
-    self.totals["bytes_pushed"] += self.timing.model_bytes
+    self.totals["bytes_pushed"] += self.timing.push_bytes
     self.arrived.append(w)
     if len(self.arrived) < self.K - self.backup:
       return
@@ -244,7 +259,7 @@ class Simulator:
         self.totals["dropped_gradients"] += 1
         self.in_flight[v] = False
         self.token[v] += 1
-    out.ops.append(Op(bsp_workers=tuple(sorted(self.arrived)), bsp_round=self.round))
+    out.ops.append(BspRound(workers=tuple(sorted(self.arrived)), round=self.round))
     out.staleness.extend([0] * len(self.arrived))
     self.version += 1
     self.updates += 1

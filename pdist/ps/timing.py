@@ -6,7 +6,8 @@ so a config gives the same timeline every run. Nothing here depends on parameter
 - compute: `constant` (= mean) or `lognormal` with the given mean and sigma of log-time
   (mu = log(mean) - sigma^2 / 2, so the mean is kept); stragglers multiply it by `factor`.
 - network: a message of B bytes to or from a shard takes latency + B / bandwidth; the shards'
-  links work in parallel, so pushing or pulling the whole model takes the max over shards.
+  links work in parallel, so pushing or pulling the whole model takes the max over shards. Pushes
+  and pulls have their own sizes per shard (a compressed gradient shrinks the push only).
 - failures: each worker crashes as a Poisson process of `rate` per time unit while up, and at the
   scripted (time, worker) pairs; it comes back after `restart_delay`.
 """
@@ -17,7 +18,8 @@ import numpy as np
 
 
 class TimingModel:
-  def __init__(self, ps_config, num_workers: int, shard_bytes: list[int], seed: int):
+  def __init__(self, ps_config, num_workers: int, pull_bytes: list[int], push_bytes: list[int],
+               seed: int):
     self.num_workers = num_workers
     ct = ps_config.compute_time
     self.dist, self.mean, self.spread = ct.dist, float(ct.mean), float(ct.spread)
@@ -28,8 +30,10 @@ class TimingModel:
     self.stragglers = sorted(int(w) for w in slow)
     self.latency = float(ps_config.latency)
     bw = float(ps_config.bandwidth)
-    self.transfer = max(self.latency + (b / bw if bw > 0 else 0.0) for b in shard_bytes)
-    self.model_bytes = int(sum(shard_bytes))
+    self.pull_transfer = max(self.latency + (b / bw if bw > 0 else 0.0) for b in pull_bytes)
+    self.push_transfer = max(self.latency + (b / bw if bw > 0 else 0.0) for b in push_bytes)
+    self.pull_bytes = int(sum(pull_bytes))
+    self.push_bytes = int(sum(push_bytes))
     self.crash_rate = float(ps_config.failures.rate)
     self.crash_at = sorted((float(t), int(w)) for t, w in ps_config.failures.at)
     self.restart_delay = float(ps_config.failures.restart_delay)

@@ -1,23 +1,19 @@
-"""Training strategies: one protocol (base.Strategy), one class per training mode."""
+"""Training strategies: one protocol (base.Strategy), one registered class per training mode.
+
+Adding a strategy is one new module here that registers its class with `registry.STRATEGIES`
+(with its config group and checks), plus its import line below.
+"""
 
 from __future__ import annotations
 
-from pdist.config import ConfigError
+from pdist.registry import STRATEGIES
+from pdist.strategies import ps, single, sync  # noqa: F401  (each registers itself)
 from pdist.strategies.base import Strategy
-from pdist.strategies.single import Single
 
 
-def build(config, task) -> Strategy:
-  """The strategy named by `config.strategy`, for `task`."""
-  if config.strategy == "single":
-    return Single(config, task)
-  if config.strategy == "sync":
-    from pdist.parallel.sync import Sync
-    return Sync(config, task)
-  if config.strategy == "ps":
-    from pdist.ps.strategy import ParameterServerStrategy
-    return ParameterServerStrategy(config, task)
-  raise ConfigError(f"config.strategy='{config.strategy}' is not a known strategy")
+def build(config, task, pipeline=None) -> Strategy:
+  """The strategy named by `config.strategy`, for `task` (and an optional gradient pipeline)."""
+  return STRATEGIES.get(config.strategy)(config, task, pipeline=pipeline)
 
 
-__all__ = ["Strategy", "Single", "build"]
+__all__ = ["Strategy", "build"]

@@ -9,6 +9,10 @@ A strategy is the only thing that differs between training modes:
 Randomness is derived, never carried: the loss's rng for update t is fold_in(step_key, t), and the
 batch of update t comes from pdist.data.batch_indices(seed, t, ...). So the state's step alone
 restores the data position.
+
+Metrics mean the same in every strategy: `loss` and the task's metrics (e.g. `accuracy`) in a
+row are the mean over the gradients *applied* in that interval's updates, each at the parameters
+it was computed on (for a bsp round: over all the workers' gradients of that round).
 """
 
 from __future__ import annotations
@@ -18,17 +22,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from pdist.tasks import Task
 
 State = dict[str, Any]
 
+# salt folded into an update's rng to give the gradient pipeline its own randomness
+PIPELINE_SALT = 0x5EED
+
 
 class Strategy(abc.ABC):
-  """Base class: subclasses implement `init` and `run`."""
-
-  name: str = "strategy"
+  """Base class: subclasses implement `init` and `run` and register themselves by name."""
 
   @abc.abstractmethod
   def init(self, rng: jax.Array) -> State:
@@ -97,12 +101,6 @@ def grad_fn(task: Task, accumulate_steps: int = 1):
   return accumulated
 
 
-def apply_gradient(tx: optax.GradientTransformation, params, opt_state, grads):
-  """theta <- optimizer(theta, grad): one optax update."""
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state
-
-
 def gather_batch(data: dict[str, jax.Array] | None, idx) -> dict[str, jax.Array] | None:
   """The batch at indices `idx` of device-resident training arrays (None for data-free tasks)."""
   if data is None:
@@ -110,5 +108,17 @@ def gather_batch(data: dict[str, jax.Array] | None, idx) -> dict[str, jax.Array]
   return {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
 
 
+def training_arrays(task: Task) -> dict | None:
+  """The training set as a dict of host arrays (None for data-free tasks)."""
+  if not task.has_data:
+    return None
+  return {"x": task.dataset.x_train, "y": task.dataset.y_train}
+
+
 def mean_metrics(per_step: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {k: jnp.mean(v) for k, v in per_step.items()}
+
+
+def to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:
+  """Device scalars -> Python floats (one transfer)."""
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -3,6 +3,9 @@
 Updates run in compiled chunks: one jitted `lax.scan` over the log interval's batch indices, with
 the training set resident on the device and each batch gathered inside the scan. So the Python loop
 costs one dispatch per log interval, not one per update.
+
+One update (`update`): gradient of the batch -> local pipeline -> aggregate (nothing here; the
+all-reduce in `sync`) -> central pipeline -> optimizer. `Sync` reuses all of it.
 """
 
 from __future__ import annotations
@@ -12,24 +15,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdist import optim
+from pdist import pipeline as pipeline_lib
 from pdist.data import batch_indices
+from pdist.registry import STRATEGIES
 from pdist.strategies import base
 from pdist.tasks import Task
 
 
+@STRATEGIES.register("single")
 class Single(base.Strategy):
-  name = "single"
 
-  def __init__(self, config, task: Task, device: jax.Device | None = None):
+  def __init__(self, config, task: Task, device: jax.Device | None = None,
+               pipeline: pipeline_lib.Pipeline | None = None):
     self.task = task
     self.tx = optim.build(config)
+    self.pipeline = pipeline if pipeline is not None else pipeline_lib.build(config)
     self.seed = config.train.seed
     self.batch_size = config.data.batch_size
     self.device = device or jax.devices()[0]
-    ds = task.dataset
-    self.data = None
-    if task.has_data:
-      self.data = self.place_data({"x": ds.x_train, "y": ds.y_train})
+    arrays = base.training_arrays(task)
+    self.data = None if arrays is None else self.place_data(arrays)
     self._grad = base.grad_fn(task, config.optim.accumulate_steps)
     self._chunk = jax.jit(self._run_chunk, static_argnums=(3,), donate_argnums=(0,))
 
@@ -37,27 +42,53 @@ class Single(base.Strategy):
     """The training arrays, on the device(s) this strategy computes on."""
     return jax.device_put(host, self.device)
 
+  def local_copies(self) -> int:
+    """How many copies of the local pipeline state the state holds (0: one, unstacked)."""
+    return 0
+
   def initial_state(self, rng):
     """The state before any update (on the default device)."""
     init_key, step_key = base.init_keys(rng)
     params = self.task.init(init_key)
     return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": self.tx.init(params), "step_key": step_key}
+            "opt_state": self.tx.init(params), "step_key": step_key,
+            "pipeline": pipeline_lib.init_state(self.pipeline, params, self.local_copies())}
 
   def init(self, rng):
     return jax.device_put(self.initial_state(rng), self.device)
 
+  # -- one update; data-parallel strategies override the hooks ------------------------------------
   def gradients(self, params, batch, rng):
-    """(grads, (loss, aux)) of one batch; data-parallel strategies add their all-reduce here."""
+    """(grads, (loss, aux)) of this device's batch."""
     return self._grad(params, batch, rng)
 
+  def aggregate(self, grads, metrics):
+    """Combines the devices' gradients and metrics (nothing to combine on one device)."""
+    return grads, metrics
+
+  def local_view(self, local_state, key):
+    """(this device's slice of the local pipeline state, this device's pipeline key)."""
+    return local_state, key
+
+  def local_store(self, local_state):
+    """The inverse of local_view for the updated slice."""
+    return local_state
+
   def update(self, state, batch):
-    """One update on one batch: theta <- optimizer(theta, grad(loss)(theta, batch))."""
+    """One update: theta <- optimizer(theta, central(aggregate(local(grad(theta, batch)))))."""
     rng = jax.random.fold_in(state["step_key"], state["step"])
-    grads, (loss, aux) = self.gradients(state["params"], batch, rng)
-    params, opt_state = base.apply_gradient(self.tx, state["params"], state["opt_state"], grads)
-    new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
-    return new, {"loss": loss, **aux}
+    params = state["params"]
+    grads, (loss, aux) = self.gradients(params, batch, rng)
+    key = jax.random.fold_in(rng, base.PIPELINE_SALT)
+    local, local_key = self.local_view(state["pipeline"]["local"], key)
+    grads, local, local_stats = self.pipeline.local.update(grads, local, None, local_key)
+    grads, metrics = self.aggregate(grads, {"loss": loss, **aux, **local_stats})
+    grads, central, central_stats = self.pipeline.central.update(
+        grads, state["pipeline"]["central"], params, key)
+    params, opt_state = optim.apply_gradient(self.tx, params, state["opt_state"], grads)
+    new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
+               pipeline={"local": self.local_store(local), "central": central})
+    return new, {**metrics, **central_stats}
 
   def _run_chunk(self, state, data, indices, num_updates: int):
     def body(state, idx):
@@ -75,5 +106,4 @@ class Single(base.Strategy):
   def run(self, state, num_updates: int):
     idx = self.indices(self.step(state), num_updates)
     state, metrics = self._chunk(state, self.data, idx, num_updates)
-    return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
-
+    return state, base.to_host(metrics)

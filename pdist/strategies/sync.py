@@ -15,6 +15,10 @@ Two implementations, checked against each other and against `single` in tests/te
   gradient is its own, and then pmean.
 - `pmap`: the older API, with parameters stacked along a leading device axis for each chunk.
 
+The gradient pipeline's local state is per device ([devices, ...], sharded along `data`): each
+device runs the local chain on its own gradient, before the all-reduce; the central chain runs
+after it on the averaged gradient, with replicated state.
+
 Updates run in chunks (a `lax.scan` of a log interval inside one compiled call) and the host
 blocks on each chunk's metrics, which also keeps collectives from piling up (STACK.md, trap 2).
 """
@@ -25,18 +29,35 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pdist.config import ConfigError
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
+from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
+from pdist.strategies import base
 from pdist.strategies.single import Single
 
+BACKENDS = ("shard_map", "pmap")
 
+
+def sync_config() -> ml_collections.ConfigDict:
+  """config.sync: the data-parallel mesh."""
+  c = ml_collections.ConfigDict()
+  c.devices = 0           # devices in the data-parallel mesh; 0 = all visible (all processes)
+  c.backend = "shard_map"  # shard_map (jit of jax.shard_map) or pmap
+  return c
+
+
+def validate_sync(config) -> None:
+  check_choice(config, "sync.backend", BACKENDS)
+  check_positive(config, "sync.devices", allow_zero=True)
+
+
+@STRATEGIES.register("sync", config=sync_config, validate=validate_sync)
 class Sync(Single):
-  name = "sync"
 
-  def __init__(self, config, task):
+  def __init__(self, config, task, pipeline=None):
     self.mesh = mesh_lib.data_mesh(config.sync.devices)
     self.num_devices = self.mesh.devices.size
     self.backend = config.sync.backend
@@ -52,7 +73,8 @@ class Sync(Single):
                         f"config.optim.accumulate_steps={a}")
     self._replicated = mesh_lib.replicated(self.mesh)
     self._indices_sharding = NamedSharding(self.mesh, P(None, AXIS))
-    super().__init__(config, task, device=self.mesh.devices.flat[0])
+    self._local = NamedSharding(self.mesh, P(AXIS))
+    super().__init__(config, task, device=self.mesh.devices.flat[0], pipeline=pipeline)
     if self.backend == "shard_map":
       self._chunk = jax.jit(self._sharded_chunk, static_argnums=(3,), donate_argnums=(0,))
     else:
@@ -65,26 +87,52 @@ class Sync(Single):
     return jax.device_put(host, self._replicated)
 
   # -- the math on one device ------------------------------------------------------------------
+  def local_copies(self) -> int:
+    return self.num_devices  # the local pipeline state: one slice per device
+
   def gradients(self, params, batch, rng):
     # differentiate this device's copy (varying), not the replicated value: see the module doc
     if self.backend == "shard_map":
       params = jax.lax.pcast(params, AXIS, to="varying")
-    grads, (loss, aux) = self._grad(params, batch, rng)
-    grads = jax.lax.pmean(grads, AXIS)
-    loss, aux = jax.lax.pmean((loss, aux), AXIS)
-    return grads, (loss, aux)
+    return self._grad(params, batch, rng)
+
+  def aggregate(self, grads, metrics):
+    return jax.lax.pmean(grads, AXIS), jax.lax.pmean(metrics, AXIS)
+
+  def local_view(self, local_state, key):
+    key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+    if self.backend == "shard_map":  # the [1, ...] block of the [devices, ...] state
+      local_state = jax.tree.map(lambda x: x[0], local_state)
+    return local_state, key
+
+  def local_store(self, local_state):
+    if self.backend == "shard_map":
+      local_state = jax.tree.map(lambda x: x[None], local_state)
+    return local_state
+
+  def _specs(self):
+    """shard_map specs of the state: replicated but for the local pipeline state (per device)."""
+    return {"step": P(), "params": P(), "opt_state": P(), "step_key": P(),
+            "pipeline": {"local": P(AXIS), "central": P()}}
 
   def _sharded_chunk(self, state, data, indices, num_updates: int):
     chunk = jax.shard_map(functools.partial(self._run_chunk, num_updates=num_updates),
-                          mesh=self.mesh, in_specs=(P(), P(), P(None, AXIS)),
-                          out_specs=(P(), P()), check_vma=True)
+                          mesh=self.mesh, in_specs=(self._specs(), P(), P(None, AXIS)),
+                          out_specs=(self._specs(), P()), check_vma=True)
     return chunk(state, data, indices)
 
   # -- host side -------------------------------------------------------------------------------
+  def shardings(self, state):
+    """Where each leaf of the state lives: replicated, but the local pipeline state per device."""
+    out = jax.tree.map(lambda _: self._replicated, state)
+    out["pipeline"]["local"] = jax.tree.map(lambda _: self._local, state["pipeline"]["local"])
+    return out
+
   def init(self, rng):
     # through host memory: every process computes the same values, and a global array is built
     # from each process's own copy (no cross-process transfer)
-    return jax.device_put(jax.device_get(self.initial_state(rng)), self._replicated)
+    state = jax.device_get(self.initial_state(rng))
+    return jax.device_put(state, self.shardings(state))
 
   def params(self, state):
     return mesh_lib.local_copy(state["params"])
@@ -95,7 +143,7 @@ class Sync(Single):
       if idx is not None:
         idx = jax.device_put(idx, self._indices_sharding)
       state, metrics = self._chunk(state, self.data, idx, num_updates)
-      return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+      return state, base.to_host(metrics)
     return self._run_pmap(state, idx, num_updates)
 
   def _stack_on_devices(self, x):
@@ -112,10 +160,16 @@ class Sync(Single):
           lambda s, d, i: self._run_chunk(s, d, i, num_updates), axis_name=AXIS,
           devices=list(self.mesh.devices.flat))
     stacking = NamedSharding(self.mesh, P(AXIS))
+    local = state["pipeline"]["local"]  # already one slice per device
     stacked = jax.tree.map(
-        lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + x.shape), stacking), state)
+        lambda x: jax.device_put(jnp.broadcast_to(x, (n,) + x.shape), stacking),
+        dict(state, pipeline=dict(state["pipeline"], local=())))
+    stacked["pipeline"]["local"] = local
     if idx is not None:  # [steps, B] -> [devices, steps, B/devices]: device d gets slice d
       idx = jax.device_put(idx.reshape(idx.shape[0], n, -1).transpose(1, 0, 2), stacking)
     out, metrics = self._pmapped[num_updates](stacked, self.data, idx)
-    state = jax.device_put(jax.tree.map(lambda x: x[0], out), self._replicated)
-    return state, {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+    local = out["pipeline"]["local"]
+    state = jax.tree.map(lambda x: x[0], dict(out, pipeline=dict(out["pipeline"], local=())))
+    state = jax.device_put(state, self._replicated)
+    state["pipeline"]["local"] = jax.device_put(local, self._local)
+    return state, base.to_host(jax.tree.map(lambda v: v[0], metrics))

@@ -1,0 +1,308 @@
+"""`ps`: the parameter-server strategy — the simulator's schedule replayed in compiled chunks.
+
+Because the timing model never looks at parameter values, the host simulator (pdist/ps/) can
+decide the order of pushes and pulls first; the math then runs as one jitted `lax.scan` per log
+interval:
+
+- async / ssp (`AsyncOp`s): each scan step optionally applies one worker's pending gradient (from
+  its in-flight slot) to the server shards: the worker's local pipeline (its own state), then the
+  central pipeline, then the optimizer, scaled by 1/staleness under `staleness_lr=inverse`. Then it
+  optionally lets one worker pull: its gradient on the server's current parameters — exactly its
+  snapshot — and that gradient's loss go into its slot. One gradient per applied update, like
+  plain SGD, and the loss reported is that of the gradients applied.
+- bsp (`BspRound`s): each scan step is one round: one gradient per worker that made the barrier
+  (vmapped over their batches, all on the same version), each through that worker's local
+  pipeline, averaged, then the central pipeline and one update.
+
+The state is one pytree (server parameters, per-shard optimizer states and versions, the K
+gradient slots, the pipeline state with one local slice per worker, the update count) plus the
+simulator's JSON-able state: together everything needed to continue exactly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pdist import optim
+from pdist import pipeline as pipeline_lib
+from pdist.data import WorkerSampler
+from pdist.ps import sharding
+from pdist.ps.simulator import Simulator
+from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
+from pdist.strategies import base
+from pdist.tasks import Task
+
+CONSISTENCY = ("bsp", "ssp", "async")
+
+
+def ps_config() -> ml_collections.ConfigDict:
+  """config.ps: workers, server shards, consistency model, simulated time and failures.
+
+  Which examples each worker holds is config.data.partition (shared with other strategies).
+  """
+  c = ml_collections.ConfigDict()
+  c.workers = 4
+  c.shards = 1              # server shards; parameter leaves are split over them by bytes
+  c.consistency = "async"   # bsp / ssp / async
+  c.backup_workers = 0      # bsp: apply the first workers - backup_workers arrivals per round
+  c.max_staleness = 0       # ssp: clock gap bound s >= 1 (required for ssp)
+  c.staleness_lr = "none"   # none / inverse: lr / staleness when staleness >= 1
+  c.compute_time = ml_collections.ConfigDict()
+  c.compute_time.dist = "constant"  # constant / lognormal
+  c.compute_time.mean = 1.0
+  c.compute_time.spread = 0.0       # lognormal: sigma of log(time)
+  c.stragglers = ml_collections.ConfigDict()
+  c.stragglers.fraction = 0.0       # share of workers that are slow
+  c.stragglers.factor = 1.0         # how many times slower
+  c.latency = 0.0           # per message, simulated time units
+  c.bandwidth = 0.0         # bytes per time unit per server shard link; 0 = unlimited
+  c.failures = ml_collections.ConfigDict()
+  c.failures.rate = 0.0             # crashes per worker per time unit (Poisson)
+  c.failures.at = ()                # ((time, worker), ...) scripted crashes
+  c.failures.restart_delay = 1.0
+  return c
+
+
+def validate_ps(config) -> None:
+  """Names, ranges and the rules between config.ps fields."""
+  ps = config.ps
+  check_choice(config, "ps.consistency", CONSISTENCY)
+  check_choice(config, "ps.staleness_lr", ("none", "inverse"))
+  check_choice(config, "ps.compute_time.dist", ("constant", "lognormal"))
+  check_positive(config, "ps.workers", "ps.shards", "ps.compute_time.mean", "ps.stragglers.factor")
+  check_positive(config, "ps.backup_workers", "ps.max_staleness", "ps.latency", "ps.bandwidth",
+                 "ps.compute_time.spread", "ps.stragglers.fraction", "ps.failures.rate",
+                 "ps.failures.restart_delay", allow_zero=True)
+  if ps.stragglers.fraction > 1:
+    raise ConfigError(f"config.ps.stragglers.fraction must be in [0, 1], got {ps.stragglers.fraction}")
+  if ps.consistency == "ssp" and ps.max_staleness < 1:
+    raise ConfigError("config.ps.consistency='ssp' needs config.ps.max_staleness >= 1 "
+                      "(the largest clock gap allowed; s = 0 would be bsp)")
+  if ps.backup_workers and ps.consistency != "bsp":
+    raise ConfigError("config.ps.backup_workers only applies to config.ps.consistency='bsp'")
+  if ps.backup_workers >= ps.workers:
+    raise ConfigError(f"config.ps.backup_workers={ps.backup_workers} must be below "
+                      f"config.ps.workers={ps.workers}")
+  for item in ps.failures.at:
+    if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] < 0
+        or not 0 <= int(item[1]) < ps.workers):
+      raise ConfigError(f"config.ps.failures.at entries must be (time >= 0, worker in "
+                        f"[0, {ps.workers})), got {item!r}")
+
+
+def _take(tree, i):
+  return jax.tree.map(lambda s: s[i], tree)
+
+
+def _put(tree, i, values):
+  return jax.tree.map(lambda s, v: s.at[i].set(v), tree, values)
+
+
+@STRATEGIES.register("ps", config=ps_config, validate=validate_ps)
+class ParameterServerStrategy(base.Strategy):
+
+  def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
+    self.task = task
+    self.ps = config.ps
+    self.K = config.ps.workers
+    self.bsp = config.ps.consistency == "bsp"
+    self.tx = optim.build(config)
+    self.pipeline = pipeline if pipeline is not None else pipeline_lib.build(config)
+    self.seed = config.train.seed
+    self.batch_size = config.data.batch_size
+    self._grad = base.grad_fn(task, config.optim.accumulate_steps)
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.shards = sharding.partition_leaves(abstract, config.ps.shards)
+    self.shard_bytes = sharding.shard_bytes(abstract, self.shards)
+    self.simulator = Simulator(config.ps, self.shard_bytes, seed=config.train.seed,
+                               push_bytes=self.pipeline.push_bytes(self.shard_bytes))
+    arrays = base.training_arrays(task)
+    self.data = None if arrays is None else jax.device_put(arrays)
+    self.sampler = None
+    if arrays is not None:
+      self.sampler = WorkerSampler(config.data, task.dataset, self.K, self.seed, self.batch_size)
+    self._chunk = jax.jit(self._bsp_chunk if self.bsp else self._async_chunk, donate_argnums=(0,))
+
+  # -- state ----------------------------------------------------------------------------------------
+  def _metric_shapes(self, params):
+    """{"loss": scalar, **task metrics} as ShapeDtypeStructs: what a gradient reports."""
+    batch = None
+    if self.data is not None:
+      batch = base.gather_batch(self.data, np.zeros(self.batch_size, np.int32))
+    _, (loss, aux) = jax.eval_shape(self._grad, params, batch, jax.random.PRNGKey(0))
+    return {"loss": loss, **aux}
+
+  def init(self, rng):
+    init_key, step_key = base.init_keys(rng)
+    params = self.task.init(init_key)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": sharding.init_opt_states(self.tx, params, self.shards),
+             "versions": jnp.zeros((len(self.shards),), jnp.int32), "step_key": step_key,
+             "pipeline": pipeline_lib.init_state(self.pipeline, params, copies=self.K)}
+    if not self.bsp:  # each worker's in-flight gradient and the loss it was computed with
+      state["slots"] = {
+          "grads": jax.tree.map(lambda p: jnp.zeros((self.K,) + p.shape, p.dtype), params),
+          "metrics": jax.tree.map(lambda m: jnp.zeros((self.K,) + m.shape, m.dtype),
+                                  self._metric_shapes(params))}
+    return state
+
+  def examples_per_update(self, config) -> int:
+    if self.bsp:
+      return self.batch_size * (self.K - self.ps.backup_workers)
+    return self.batch_size
+
+  def host_state(self) -> dict:
+    return self.simulator.state_dict()
+
+  def load_host_state(self, d: dict) -> None:
+    self.simulator.load_state_dict(d)
+
+  # -- data -----------------------------------------------------------------------------------------
+  def worker_batch(self, worker: int, iteration: int) -> np.ndarray:
+    """Indices into the training set of `worker`'s `iteration`-th gradient."""
+    return self.sampler.indices(worker, iteration)
+
+  def make_worker(self, worker: int, state):
+    """An eager `server.Worker` with this run's data and gradient (for notebooks, tests)."""
+    from pdist.ps.server import Worker
+
+    def batch(iteration):
+      return None if self.data is None else base.gather_batch(
+          self.data, jnp.asarray(self.worker_batch(worker, iteration)))
+
+    return Worker(worker, self._grad, batch, state["step_key"])
+
+  # -- the compiled replay --------------------------------------------------------------------------
+  def _worker_rng(self, state, worker, iteration):
+    """The rng of `worker`'s `iteration`-th gradient."""
+    return jax.random.fold_in(jax.random.fold_in(state["step_key"], worker), iteration)
+
+  def _pipeline_key(self, state):
+    return jax.random.fold_in(jax.random.fold_in(state["step_key"], state["step"]),
+                              base.PIPELINE_SALT)
+
+  def _apply(self, state, grads, scale):
+    """The central pipeline, then each shard's optimizer step; one update."""
+    grads, central, stats = self.pipeline.central.update(
+        grads, state["pipeline"]["central"], state["params"], self._pipeline_key(state))
+    params, opt_state = sharding.apply_sharded(self.tx, state["params"], state["opt_state"],
+                                               grads, self.shards, scale)
+    state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1,
+                 versions=state["versions"] + 1,
+                 pipeline=dict(state["pipeline"], central=central))
+    return state, stats
+
+  def _local(self, state, grads, worker):
+    """Worker `worker`'s local pipeline on its gradient, with its own slice of the state."""
+    key = jax.random.fold_in(self._pipeline_key(state), worker)
+    local = state["pipeline"]["local"]
+    grads, new, stats = self.pipeline.local.update(grads, _take(local, worker), None, key)
+    return grads, _put(local, worker, new), stats
+
+  def _async_chunk(self, state, data, ops):
+    def body(state, op):
+      a = op["apply_worker"]
+
+      def apply(st):
+        grads = _take(st["slots"]["grads"], a)
+        grads, local, local_stats = self._local(st, grads, a)
+        st = dict(st, pipeline=dict(st["pipeline"], local=local))
+        st, central_stats = self._apply(st, grads, op["scale"])
+        return st, {**_take(st["slots"]["metrics"], a), **local_stats, **central_stats}
+
+      shapes = jax.eval_shape(apply, state)[1]
+      state, metrics = jax.lax.cond(
+          a >= 0, apply,
+          lambda st: (st, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)), state)
+
+      def pull(st):
+        w = op["pull_worker"]
+        batch = base.gather_batch(data, op.get("idx"))
+        grads, (loss, aux) = self._grad(st["params"], batch,
+                                        self._worker_rng(st, w, op["pull_iteration"]))
+        slots = {"grads": _put(st["slots"]["grads"], w, grads),
+                 "metrics": _put(st["slots"]["metrics"], w, {"loss": loss, **aux})}
+        return dict(st, slots=slots)
+
+      state = jax.lax.cond(op["pull_worker"] >= 0, pull, lambda st: st, state)
+      return state, (metrics, a >= 0)
+
+    state, (per_step, applied) = jax.lax.scan(body, state, ops)
+    weight = applied.astype(jnp.float32)
+    return state, ({k: (v * weight).sum() for k, v in per_step.items()}, weight.sum())
+
+  def _bsp_chunk(self, state, data, rounds):
+    def body(state, rnd):
+      workers = rnd["workers"]
+      rngs = jax.vmap(lambda w: self._worker_rng(state, w, rnd["round"]))(workers)
+      batches = None if data is None else jax.vmap(lambda i: base.gather_batch(data, i))(rnd["idx"])
+      grads, (loss, aux) = jax.vmap(self._grad, in_axes=(None, 0, 0))(state["params"], batches,
+                                                                      rngs)
+      key = self._pipeline_key(state)
+      keys = jax.vmap(lambda w: jax.random.fold_in(key, w))(workers)
+      local = state["pipeline"]["local"]
+      grads, new_local, stats = jax.vmap(self.pipeline.local.update, in_axes=(0, 0, None, 0))(
+          grads, _take(local, workers), None, keys)
+      state = dict(state, pipeline=dict(state["pipeline"], local=_put(local, workers, new_local)))
+      grads = jax.tree.map(lambda g: g.mean(axis=0), grads)
+      state, central_stats = self._apply(state, grads, 1.0)
+      metrics = jax.tree.map(lambda v: v.mean(axis=0), {"loss": loss, **aux, **stats})
+      return state, {**metrics, **central_stats}
+
+    state, per_step = jax.lax.scan(body, state, rounds)
+    return state, base.mean_metrics(per_step)
+
+  # -- host side ------------------------------------------------------------------------------------
+  def _encode_rounds(self, rounds) -> dict:
+    """BspRounds as arrays: one step per round, the same number of workers in each."""
+    out = {"round": np.asarray([r.round for r in rounds], np.int32),
+           "workers": np.asarray([r.workers for r in rounds], np.int32)}
+    if self.data is not None:
+      out["idx"] = np.stack([np.stack([self.worker_batch(w, r.round) for w in r.workers])
+                             for r in rounds])
+    return out
+
+  def _encode_ops(self, ops, length: int) -> dict:
+    """AsyncOps as arrays, padded to `length` with no-op steps."""
+    enc = {"apply_worker": np.full(length, -1, np.int32), "scale": np.ones(length, np.float32),
+           "pull_worker": np.full(length, -1, np.int32),
+           "pull_iteration": np.zeros(length, np.int32)}
+    for i, op in enumerate(ops):
+      enc["apply_worker"][i], enc["scale"][i] = op.apply_worker, op.scale
+      enc["pull_worker"][i], enc["pull_iteration"][i] = op.pull_worker, op.pull_iteration
+    if self.data is not None:
+      idx = np.zeros((length, self.batch_size), np.int32)
+      for i, op in enumerate(ops):
+        if op.pull_worker >= 0:
+          idx[i] = self.worker_batch(op.pull_worker, op.pull_iteration)
+      enc["idx"] = idx
+    return enc
+
+  def run(self, state, num_updates: int):
+    interval = self.simulator.advance(num_updates)
+    ops = interval.ops
+    if self.bsp:
+      state, metrics = self._chunk(state, self.data, self._encode_rounds(ops))
+      out = base.to_host(metrics)
+    else:
+      # fixed-length pieces (a power of two >= num_updates), so one compilation serves every
+      # interval, including the first one with its K initial pulls
+      length = 1 << max(0, (num_updates - 1).bit_length())
+      sums: dict[str, float] = {}
+      count = 0.0
+      for lo in range(0, len(ops), length):
+        state, (part, n) = self._chunk(state, self.data, self._encode_ops(ops[lo:lo + length],
+                                                                         length))
+        part, n = jax.device_get((part, n))
+        count += float(n)
+        for k, v in part.items():
+          sums[k] = sums.get(k, 0.0) + float(v)
+      out = {k: v / max(count, 1.0) for k, v in sums.items()}
+    out.update(interval.metrics(dict(self.simulator.totals)))
+    out["updates"] = self.simulator.updates
+    if self.ps.consistency == "ssp":
+      out["clock_gap_max"] = interval.max_clock_gap
+    return state, out
