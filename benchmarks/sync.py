@@ -3,8 +3,8 @@
 Workload: MLP 784-512-512-10, synthetic teacher data, global batch 256, SGD lr 0.05 momentum 0.9.
 In one process with 8 emulated CPU devices: pdist `sync` over 2 and 8 devices (steady state of
 train.run's loop, read off its own metrics) against a minimal jit(shard_map) step of the same math
-at the same device count (batches already on the devices, blocking every 10 steps as STACK.md's
-trap 2 requires), and pdist `single` beside them. Then the 2-process x 1-device loopback run
+at the same device count (batches already on the devices, blocking every 10 steps as the
+collective-rendezvous sharp edge in docs/ARCHITECTURE.md requires), and pdist `single` beside them. Then the 2-process x 1-device loopback run
 (pdist.launch), read off its metrics file. Prints one JSON line.
 
   python benchmarks/sync.py [--steps 300]

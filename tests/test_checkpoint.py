@@ -67,6 +67,7 @@ def _same_params(a, b):
     assert np.array_equal(pa[k], pb[k]), k  # bit for bit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["single", "sync", "ps"])
 def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
   ref, run = tmp_path / "ref", tmp_path / "run"
@@ -88,6 +89,7 @@ def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
   assert metrics.without_timing(rows) == metrics.without_timing(ref_rows)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_where_it_arrived(tmp_path):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _run(_cmd("single", ref))
@@ -123,6 +125,7 @@ def _corrupt(step_dir):
       fh.truncate(max(0, os.path.getsize(f) // 3))
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_and_still_matches(tmp_path, capsys):
   ref = train.run(_config(60), str(tmp_path / "ref"))
   work = str(tmp_path / "run")
@@ -164,6 +167,7 @@ def test_incompatible_config_names_the_fields_and_harmless_changes_pass(tmp_path
   assert train.run(harmless, work).summary["resumed_from"] == 20
 
 
+@pytest.mark.slow
 def test_command_line_reports_checkpoint_errors_in_one_line(tmp_path):
   work = tmp_path / "run"
   cmd = _cmd("single", work, ["--config.train.steps=40"])

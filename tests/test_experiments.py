@@ -41,6 +41,7 @@ def test_every_command_in_the_experiment_cards_loads():
   assert found >= len(NAMES)
 
 
+@pytest.mark.slow
 def test_command_line_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, PYTHONPATH=ROOT)
@@ -92,16 +93,17 @@ def test_sweep_records_a_diverged_variant_and_goes_on(tmp_path):
   from pdist import sweep
   exp = tmp_path / "lrs.py"
   exp.write_text(
-      "import sys\n"
-      f"sys.path.insert(0, {EXPERIMENTS!r})\n"
-      "from mnist1d import get_config\n"
+      "from pdist.config import apply_presets, base_config, tiny\n"
+      "def get_config(arg=None):\n"
+      "  c = base_config()\n"
+      "  c.model.hidden = (16,)\n"
+      "  return apply_presets(c, arg, {'tiny': tiny}, 'lrs')\n"
       "def get_hyper(arg=None):\n"
-      "  return [('huge', {'optim.learning_rate': 1e30, 'optim.name': 'sgd'}),\n"
-      "          ('fine', {'optim.learning_rate': 0.01})]\n")
+      "  return [('huge', {'optim.learning_rate': 1e30}), ('fine', {'optim.learning_rate': 0.01})]\n")
   summaries = sweep.run_sweep(f"{exp}:tiny", str(tmp_path / "out"),
                               ["--config.train.progress=False"])
   assert [s["status"] for s in summaries] == ["diverged", "completed"]
-  assert summaries[0]["diverged_at"] == 20 and summaries[1]["step"] == 60
+  assert summaries[0]["diverged_at"] == 10 and summaries[1]["step"] == 20
   saved = json.load(open(tmp_path / "out" / "sweep.json"))
   assert [s["status"] for s in saved] == ["diverged", "completed"]
   assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -63,6 +63,7 @@ def test_metrics_rows_and_summary(tmp_path):
   assert cfg["train"]["steps"] == 60 and cfg["model"]["name"] == c.model.name
 
 
+@pytest.mark.slow
 def test_training_learns_mnist1d_cnn():
   c = _config(model__name="cnn1d", optim__name="adam", optim__learning_rate=3e-3,
               train__steps=300, train__log_every=300)

@@ -29,6 +29,7 @@ def _config(strategy="single", devices=0, backend="shard_map", opt="sgd", moment
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt, momentum", [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0)])
 def test_sync_equals_single(opt, momentum):
   single = train.run(_config("single", opt=opt, momentum=momentum))
@@ -67,7 +68,7 @@ def test_accumulating_four_micro_batches_equals_one_batch():
 
 
 def test_hundreds_of_sync_steps_on_eight_devices():
-  """Blocking on each chunk keeps collectives from piling up (STACK.md trap 2), at any length."""
+  """Blocking on each chunk keeps collectives from piling up (a sharp edge of emulated CPU devices), at any length."""
   for log_every in (1, 300):
     r = train.run(_config("sync", 8, steps=300, log_every=log_every, batch=64))
     assert r.summary["step"] == 300 and np.isfinite(r.summary["loss"])
@@ -108,6 +109,7 @@ COMMON = ["--config", "experiments/mnist1d_sync.py:tiny,mlp", "--config.train.pr
           "--config.optim.learning_rate=0.05"]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   proc = subprocess.run([sys.executable, "-m", "pdist", *COMMON, "--workdir", one,
@@ -129,6 +131,7 @@ def test_two_processes_equal_one_process(tmp_path):
   assert json.load(open(os.path.join(two, "summary.json")))["strategy"] == "sync"
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_is_a_clear_error(tmp_path):
   import socket
   with socket.socket() as s:  # a port that nothing listens on

@@ -9,7 +9,7 @@ means is the global batch's mean: the computation is `single`'s, spread over dev
 Two implementations, checked against each other and against `single` in tests/test_sync.py:
 - `shard_map` (default): jit of `jax.shard_map` over the `data` axis; parameters and optimizer
   state are replicated (P()), batch indices sharded along the batch axis.
-  Sharp edge (see STACK.md): inside shard_map with check_vma, the gradient with respect to a
+  Sharp edge (docs/ARCHITECTURE.md, sharp edges): inside shard_map with check_vma, the gradient with respect to a
   replicated input is already summed over the axis, so pmean(grad) would be N times too large.
   We take the gradient with respect to `pcast(params, to="varying")` instead, so each device's
   gradient is its own, and then pmean.
@@ -20,7 +20,8 @@ device runs the local chain on its own gradient, before the all-reduce; the cent
 after it on the averaged gradient, with replicated state.
 
 Updates run in chunks (a `lax.scan` of a log interval inside one compiled call) and the host
-blocks on each chunk's metrics, which also keeps collectives from piling up (STACK.md, trap 2).
+blocks on each chunk's metrics, which also keeps collectives from piling up (docs/ARCHITECTURE.md,
+sharp edges: many collectives dispatched back to back on emulated CPU devices abort the process).
 """
 
 from __future__ import annotations
