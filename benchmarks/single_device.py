@@ -41,7 +41,7 @@ def floor_rate(config, steps: int, repeats: int = 3) -> float:
     return optax.apply_updates(params, updates), opt_state
 
   from pdist import models
-  module = models.build(config.model, 10)
+  module = models.build(config.model, models.ModelInputs(10, (config.data.dim,)))
 
   def task_apply(p, x):
     return module.apply({"params": p}, x)

@@ -49,7 +49,7 @@ def floor_rate(devices: int, steps: int) -> float:
   from pdist import data, models
   c = mlp_config()
   ds = data.load(c.data)
-  module = models.build(c.model, 10)
+  module = models.build(c.model, models.ModelInputs(10, (c.data.dim,)))
   tx = optax.sgd(0.05, momentum=0.9)
   mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
   rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))

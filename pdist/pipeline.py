@@ -72,17 +72,22 @@ class Pipeline(NamedTuple):
   local: GradientTransformation
   central: GradientTransformation
 
+  @property
+  def local_is_identity(self) -> bool:
+    """True when nothing runs before aggregation (a strategy may then aggregate first)."""
+    return self.local is IDENTITY
+
   def push_bytes(self, shard_bytes: Sequence[int]) -> list[int]:
     """Bytes of one worker's push per server shard (what a compressor would shrink)."""
     return list(shard_bytes)
 
 
-_IDENTITY = identity()
+IDENTITY = identity()
 
 
 def empty() -> Pipeline:
   """No transformation anywhere: plain training."""
-  return Pipeline(_IDENTITY, _IDENTITY)
+  return Pipeline(IDENTITY, IDENTITY)
 
 
 def build(config) -> Pipeline:

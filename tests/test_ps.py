@@ -6,7 +6,7 @@ import pytest
 
 from conftest import load_experiment, max_diff, set_fields
 from pdist import config as config_lib
-from pdist import metrics, train
+from pdist import data, metrics, pipeline, strategies, tasks, train
 from pdist.config import base_config
 from pdist.ps import AsyncOp, BspRound, ParameterServer, Simulator, sharding
 
@@ -64,18 +64,24 @@ def test_replay_step_applies_the_slot_then_refills_it():
                   jax.tree.map(np.zeros_like, want)) == 0.0  # worker 0's slot untouched
 
 
-def test_bsp_round_averages_per_worker_gradients_of_the_concatenated_batch():
+@pytest.mark.parametrize("per_worker", [False, True])
+def test_bsp_round_averages_per_worker_gradients_of_the_concatenated_batch(per_worker):
+  """One round by hand: the mean of the workers' gradients equals the gradient of their
+  concatenated batches, whether computed per worker (a local pipeline is present) or at once."""
   c = _config(ps__workers=3, ps__consistency="bsp", data__partition="iid", steps=1)
   c.optim.momentum = 0.0
-  strategy = train.run(c).strategy
+  task = tasks.build(c, data.load(c.data))
+  pipe = pipeline.Pipeline(pipeline.identity() if per_worker else pipeline.IDENTITY,
+                           pipeline.IDENTITY)
+  strategy = strategies.build(c, task, pipeline=pipe)
+  assert pipe.local_is_identity != per_worker
   state = strategy.init(jax.random.PRNGKey(0))
   params0 = jax.device_get(state["params"])
   state, m = strategy._chunk(state, strategy.data,
                              strategy._encode_rounds([BspRound(workers=(0, 1, 2), round=4)]))
   idx = np.concatenate([strategy.worker_batch(w, 4) for w in range(3)])
-  batch = {"x": strategy.task.dataset.x_train[idx], "y": strategy.task.dataset.y_train[idx]}
-  (loss, _), grads = jax.value_and_grad(lambda p: strategy.task.loss(p, batch, None),
-                                        has_aux=True)(params0)
+  batch = {"x": task.dataset.x_train[idx], "y": task.dataset.y_train[idx]}
+  (loss, _), grads = jax.value_and_grad(lambda p: task.loss(p, batch, None), has_aux=True)(params0)
   expected = jax.tree.map(lambda p, g: p - 0.05 * g, params0, grads)
   assert max_diff(state["params"], expected) < 1e-6
   assert float(m["loss"]) == pytest.approx(float(loss), rel=1e-6)

@@ -12,7 +12,8 @@ interval:
   plain SGD, and the loss reported is that of the gradients applied.
 - bsp (`BspRound`s): each scan step is one round: one gradient per worker that made the barrier
   (vmapped over their batches, all on the same version), each through that worker's local
-  pipeline, averaged, then the central pipeline and one update.
+  pipeline, averaged, then the central pipeline and one update. With an empty local pipeline the
+  average is computed as the gradient of the concatenated batches (the same value, faster).
 
 The state is one pytree (server parameters, per-shard optimizer states and versions, the K
 gradient slots, the pipeline state with one local slice per worker, the update count) plus the
@@ -236,24 +237,42 @@ class ParameterServerStrategy(base.Strategy):
 
   def _bsp_chunk(self, state, data, rounds):
     def body(state, rnd):
-      workers = rnd["workers"]
-      rngs = jax.vmap(lambda w: self._worker_rng(state, w, rnd["round"]))(workers)
-      batches = None if data is None else jax.vmap(lambda i: base.gather_batch(data, i))(rnd["idx"])
-      grads, (loss, aux) = jax.vmap(self._grad, in_axes=(None, 0, 0))(state["params"], batches,
-                                                                      rngs)
-      key = self._pipeline_key(state)
-      keys = jax.vmap(lambda w: jax.random.fold_in(key, w))(workers)
-      local = state["pipeline"]["local"]
-      grads, new_local, stats = jax.vmap(self.pipeline.local.update, in_axes=(0, 0, None, 0))(
-          grads, _take(local, workers), None, keys)
-      state = dict(state, pipeline=dict(state["pipeline"], local=_put(local, workers, new_local)))
-      grads = jax.tree.map(lambda g: g.mean(axis=0), grads)
+      if self.pipeline.local_is_identity:
+        grads, metrics = self._bsp_concatenated(state, data, rnd)
+      else:
+        grads, metrics, state = self._bsp_per_worker(state, data, rnd)
       state, central_stats = self._apply(state, grads, 1.0)
-      metrics = jax.tree.map(lambda v: v.mean(axis=0), {"loss": loss, **aux, **stats})
       return state, {**metrics, **central_stats}
 
     state, per_step = jax.lax.scan(body, state, rounds)
     return state, base.mean_metrics(per_step)
+
+  def _bsp_per_worker(self, state, data, rnd):
+    """One gradient per worker of the round (vmapped), each through its worker's local pipeline,
+    then averaged; returns (grads, metrics averaged over the workers, state)."""
+    workers = rnd["workers"]
+    rngs = jax.vmap(lambda w: self._worker_rng(state, w, rnd["round"]))(workers)
+    batches = None if data is None else jax.vmap(lambda i: base.gather_batch(data, i))(rnd["idx"])
+    grads, (loss, aux) = jax.vmap(self._grad, in_axes=(None, 0, 0))(state["params"], batches, rngs)
+    key = self._pipeline_key(state)
+    keys = jax.vmap(lambda w: jax.random.fold_in(key, w))(workers)
+    local = state["pipeline"]["local"]
+    grads, new_local, stats = jax.vmap(self.pipeline.local.update, in_axes=(0, 0, None, 0))(
+        grads, _take(local, workers), None, keys)
+    state = dict(state, pipeline=dict(state["pipeline"], local=_put(local, workers, new_local)))
+    mean = lambda tree: jax.tree.map(lambda v: v.mean(axis=0), tree)  # noqa: E731
+    return mean(grads), mean({"loss": loss, **aux, **stats}), state
+
+  def _bsp_concatenated(self, state, data, rnd):
+    """With nothing to run per worker, the mean of the workers' gradients (equal batches) is the
+    gradient of their concatenated batches: one larger batch, which is faster than W small ones
+    (the ps benchmark's bsp K=4: ~3x on this CPU). Equal to `_bsp_per_worker` up to rounding for
+    every task whose loss ignores its rng (all of today's; the first worker's rng is used)."""
+    idx = rnd.get("idx")
+    batch = None if data is None else base.gather_batch(data, idx.reshape(-1))
+    rng = self._worker_rng(state, rnd["workers"][0], rnd["round"])
+    grads, (loss, aux) = self._grad(state["params"], batch, rng)
+    return grads, {"loss": loss, **aux}
 
   # -- host side ------------------------------------------------------------------------------------
   def _encode_rounds(self, rounds) -> dict:
