@@ -44,3 +44,10 @@ def machine() -> str:
 def report(name: str, **fields) -> None:
   row = {"benchmark": name, "machine": machine(), **fields}
   print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+
+
+# The peak resident memory of this process, for a benchmark's fresh subprocess to print. Read from
+# /proc/self/status (VmHWM, reset at exec), not getrusage: a child's ru_maxrss starts from its
+# parent's size at fork time, so a large benchmark parent would leak into the child's figure.
+PEAK_RSS_MB = ("float([l.split()[1] for l in open('/proc/self/status') "
+               "if l.startswith('VmHWM')][0]) / 1024")

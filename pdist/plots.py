@@ -48,6 +48,42 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
   return out
 
 
+def plot_tradeoff(summaries: list[dict], out: str, x: str = "epsilon", y: str = "eval_accuracy",
+                  reference: str | None = None) -> str:
+  """One point per run (x against y, e.g. test accuracy against the privacy budget epsilon),
+  labelled by variant; runs without `x` (e.g. the non-private one) are horizontal lines."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  points = sorted((s[x], s[y], s.get("variant", "")) for s in summaries
+                  if isinstance(s.get(x), (int, float)) and s.get(y) is not None)
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  if points:
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=reference or "DP-SGD")
+    for px, py, name in points:
+      ax.annotate(name, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=7)
+  for s in summaries:
+    if x not in s and s.get(y) is not None:
+      ax.axhline(s[y], color="gray", linestyle="--", label=f"{s.get('variant', 'reference')} "
+                                                          f"({s[y]:.3f})")
+  ax.set_xscale("log")
+  ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  deltas = {s.get("privacy", {}).get("delta") for s in summaries} - {None}
+  if len(deltas) == 1:
+    ax.set_title(f"privacy-utility trade-off (delta = {deltas.pop():g})", fontsize=10)
+  ax.set_xlabel(x)
+  ax.set_ylabel({"eval_accuracy": "test accuracy"}.get(y, y))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pdist.plots", description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")

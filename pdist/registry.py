@@ -84,6 +84,7 @@ MODELS = Registry("model", "config.model.name")
 OPTIMIZERS = Registry("optimizer", "config.optim.name")
 SCHEDULES = Registry("schedule", "config.optim.schedule")
 PARTITIONS = Registry("partition", "config.data.partition")
+PRIVACY = Registry("privacy mechanism", "config.privacy.mechanism")
 
 
 # -- small checks shared by the components' validate functions --------------------------------------

@@ -2,7 +2,8 @@
 
 Runs every variant that the experiment's `get_hyper(arg)` declares, one after another, each into
 DIR/<variant>, then overlays their curves in DIR/curves.png (and DIR/curves_epoch.png when the
-runs have data). `get_hyper` returns a list of (name, {"group.field": value, ...}) pairs; the
+runs have data; DIR/privacy_utility.png when the runs are differentially private). `get_hyper`
+returns a list of (name, {"group.field": value, ...}) pairs; the
 command line's overrides apply to every variant. A variant whose loss becomes non-finite is
 recorded as diverged (status and update in sweep.json, marked in the legend) and the sweep goes on.
 """
@@ -49,6 +50,9 @@ def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
   for x in ("epoch", "sim_time"):
     if x in keys:
       plots.plot_runs(dirs, os.path.join(workdir, f"curves_{x}.png"), x=x, labels=names)
+  if any("epsilon" in s for s in summaries):  # a privacy sweep: accuracy against the budget
+    plots.plot_tradeoff([s for s in summaries if s.get("status") == "completed"],
+                        os.path.join(workdir, "privacy_utility.png"))
   return summaries
 
 

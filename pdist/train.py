@@ -258,7 +258,8 @@ def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
   summary = {k: v for k, v in r.last_row.items() if k not in metrics.TIMING_FIELDS}
   summary.update(wall_seconds=wall, updates_per_sec=done / wall if wall > 0 and done else 0.0,
                  strategy=r.config.strategy, steps=r.config.train.steps,
-                 resumed_from=r.start_step, status=status, **extra)
+                 resumed_from=r.start_step, status=status, **extra,
+                 **r.strategy.describe(r.state))
   if r.is_writer:
     metrics.write_json(os.path.join(r.workdir, "summary.json"), summary)
   return summary

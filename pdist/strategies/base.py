@@ -59,25 +59,33 @@ class Strategy(abc.ABC):
   def step(self, state: State) -> int:
     return int(state["step"])
 
+  def describe(self, state: State) -> dict:
+    """Fields for summary.json beyond the last metrics row (e.g. the privacy guarantee)."""
+    del state
+    return {}
+
 
 def init_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(key for parameter init, key from which each update's rng is folded)."""
   return rng, jax.random.fold_in(rng, 1)
 
 
-def grad_fn(task: Task, accumulate_steps: int = 1):
+def grad_fn(task: Task, accumulate_steps: int = 1, compute=None):
   """params, batch, rng -> (grads, (loss, aux)). The one place gradients are taken.
+
+  `compute` replaces the plain gradient of one (micro-)batch, e.g. by DP-SGD's clipped sum.
 
   With accumulate_steps = A > 1 the batch is cut into A equal micro-batches, processed one after
   another in a `lax.scan` (so only one micro-batch's activations are live), and the gradients,
   losses and metrics are averaged: the mean over A micro-batches of b equals the gradient of the
   whole batch of A*b, up to float rounding, at a fraction of the memory.
   """
-  value_and_grad = jax.value_and_grad(task.loss, has_aux=True)
+  if compute is None:
+    value_and_grad = jax.value_and_grad(task.loss, has_aux=True)
 
-  def compute(params, batch, rng):
-    (loss, aux), grads = value_and_grad(params, batch, rng)
-    return grads, (loss, aux)
+    def compute(params, batch, rng):
+      (loss, aux), grads = value_and_grad(params, batch, rng)
+      return grads, (loss, aux)
 
   if accumulate_steps == 1:
     return compute
@@ -102,9 +110,14 @@ def grad_fn(task: Task, accumulate_steps: int = 1):
 
 
 def gather_batch(data: dict[str, jax.Array] | None, idx) -> dict[str, jax.Array] | None:
-  """The batch at indices `idx` of device-resident training arrays (None for data-free tasks)."""
+  """The batch at indices `idx` of device-resident training arrays (None for data-free tasks).
+
+  `idx` may also be {"idx": indices, "mask": weights} (padded batches): the mask joins the batch.
+  """
   if data is None:
     return None
+  if isinstance(idx, dict):
+    return {**gather_batch(data, idx["idx"]), "mask": idx["mask"]}
   return {k: jnp.take(v, idx, axis=0) for k, v in data.items()}
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pdist import optim
 from pdist import pipeline as pipeline_lib
+from pdist import privacy as privacy_lib
 from pdist.data import batch_indices
 from pdist.registry import STRATEGIES
 from pdist.strategies import base
@@ -29,18 +30,35 @@ class Single(base.Strategy):
                pipeline: pipeline_lib.Pipeline | None = None):
     self.task = task
     self.tx = optim.build(config)
-    self.pipeline = pipeline if pipeline is not None else pipeline_lib.build(config)
     self.seed = config.train.seed
     self.batch_size = config.data.batch_size
     self.device = device or jax.devices()[0]
     arrays = base.training_arrays(task)
     self.data = None if arrays is None else self.place_data(arrays)
-    self._grad = base.grad_fn(task, config.optim.accumulate_steps)
+    accumulate = config.optim.accumulate_steps
+    # differential privacy: Poisson batches, per-example clipping, noise after aggregation
+    self.privacy = privacy_lib.build(config, task.dataset.num_train,
+                                     shards=self.batch_shards() * accumulate)
+    compute = None
+    if self.privacy is not None:
+      sample = {"x": task.dataset.x_train[:2], "y": task.dataset.y_train[:2]}
+      compute = self.privacy.grad_fn(task, self.batch_size / (self.batch_shards() * accumulate),
+                                     sample)
+    self._grad = base.grad_fn(task, accumulate, compute)
+    if pipeline is None:
+      pipeline = pipeline_lib.build(config)
+      if self.privacy is not None:
+        pipeline = pipeline.with_central(self.privacy.noise())
+    self.pipeline = pipeline
     self._chunk = jax.jit(self._run_chunk, static_argnums=(3,), donate_argnums=(0,))
 
   def place_data(self, host: dict):
     """The training arrays, on the device(s) this strategy computes on."""
     return jax.device_put(host, self.device)
+
+  def batch_shards(self) -> int:
+    """Pieces one batch is cut into across devices (1 here)."""
+    return 1
 
   def local_copies(self) -> int:
     """How many copies of the local pipeline state the state holds (0: one, unstacked)."""
@@ -83,6 +101,8 @@ class Single(base.Strategy):
     local, local_key = self.local_view(state["pipeline"]["local"], key)
     grads, local, local_stats = self.pipeline.local.update(grads, local, None, local_key)
     grads, metrics = self.aggregate(grads, {"loss": loss, **aux, **local_stats})
+    if self.privacy is not None:  # aggregated sums -> means over the real examples
+      metrics = privacy_lib.clipping.finalize_metrics(metrics, {"loss", *aux})
     grads, central, central_stats = self.pipeline.central.update(
         grads, state["pipeline"]["central"], params, key)
     params, opt_state = optim.apply_gradient(self.tx, params, state["opt_state"], grads)
@@ -97,13 +117,30 @@ class Single(base.Strategy):
     state, per_step = jax.lax.scan(body, state, indices, length=num_updates)
     return state, base.mean_metrics(per_step)
 
-  def indices(self, step: int, num_updates: int) -> np.ndarray | None:
+  def indices(self, step: int, num_updates: int):
+    """The batches of updates [step, step + num_updates): [n, B] indices, or under Poisson
+    sampling {"idx", "mask"} of [n, cap]."""
     if self.data is None:
       return None
+    if self.privacy is not None and self.privacy.poisson:
+      return self.privacy.batches(self.seed, step, num_updates)
     return batch_indices(self.seed, step, self.batch_size, self.task.dataset.num_train,
                          num_steps=num_updates)
 
   def run(self, state, num_updates: int):
-    idx = self.indices(self.step(state), num_updates)
+    step = self.step(state)
+    idx = self.indices(step, num_updates)
     state, metrics = self._chunk(state, self.data, idx, num_updates)
-    return state, base.to_host(metrics)
+    return state, self.host_metrics(metrics, step + num_updates)
+
+  def host_metrics(self, metrics, step: int) -> dict[str, float]:
+    """The chunk's metrics on the host, plus the privacy budget spent by `step`."""
+    out = base.to_host(metrics)
+    if self.privacy is not None:
+      out.update(self.privacy.row_metrics(step))
+    return out
+
+  def describe(self, state) -> dict:
+    if self.privacy is None:
+      return {}
+    return {"privacy": self.privacy.describe(self.step(state))}

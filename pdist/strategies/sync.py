@@ -138,14 +138,19 @@ class Sync(Single):
   def params(self, state):
     return mesh_lib.local_copy(state["params"])
 
+  def batch_shards(self) -> int:
+    return self.num_devices
+
   def run(self, state, num_updates: int):
-    idx = self.indices(self.step(state), num_updates)
+    step = self.step(state)
+    idx = self.indices(step, num_updates)
     if self.backend == "shard_map":
       if idx is not None:
         idx = jax.device_put(idx, self._indices_sharding)
       state, metrics = self._chunk(state, self.data, idx, num_updates)
-      return state, base.to_host(metrics)
-    return self._run_pmap(state, idx, num_updates)
+    else:
+      state, metrics = self._run_pmap(state, idx, num_updates)
+    return state, self.host_metrics(metrics, step + num_updates)
 
   def _stack_on_devices(self, x):
     """One copy of host array x per device, as a [devices, ...] array (pmap's layout)."""
@@ -167,10 +172,11 @@ class Sync(Single):
         dict(state, pipeline=dict(state["pipeline"], local=())))
     stacked["pipeline"]["local"] = local
     if idx is not None:  # [steps, B] -> [devices, steps, B/devices]: device d gets slice d
-      idx = jax.device_put(idx.reshape(idx.shape[0], n, -1).transpose(1, 0, 2), stacking)
+      idx = jax.tree.map(lambda a: jax.device_put(
+          a.reshape(a.shape[0], n, -1).transpose(1, 0, 2), stacking), idx)
     out, metrics = self._pmapped[num_updates](stacked, self.data, idx)
     local = out["pipeline"]["local"]
     state = jax.tree.map(lambda x: x[0], dict(out, pipeline=dict(out["pipeline"], local=())))
     state = jax.device_put(state, self._replicated)
     state["pipeline"]["local"] = jax.device_put(local, self._local)
-    return state, base.to_host(jax.tree.map(lambda v: v[0], metrics))
+    return state, jax.tree.map(lambda v: v[0], metrics)
