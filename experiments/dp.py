@@ -10,7 +10,7 @@ An MLP (128, 128) trained with DP-SGD (Abadi et al. 2016): Poisson batches of ex
 out of 8000 MNIST-1D examples (q = 0.032), every example's gradient clipped to norm 1, Gaussian
 noise sigma x 1 on the sum, SGD momentum 0.9 at lr 0.1, 1500 updates (48 epochs); epsilon at
 delta = 1e-5 from dp-accounting's RDP accountant. The sweep runs the non-private reference and
-noise multipliers 0.6, 0.8, 1.2, 2 and 4 (about 4 minutes on 2 CPU cores). Measured numbers are
+noise multipliers 0.6, 0.8, 1.2, 2 and 4 (about 2 minutes on 2 CPU cores). Measured numbers are
 in the README.
 Presets: tiny; digits (sklearn digits, 1497 examples, batch 64, 600 updates); nonprivate;
 pld (the tighter PLD accountant, ~2 s a row).
