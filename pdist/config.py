@@ -19,12 +19,13 @@ from typing import Any, Callable, Iterable, Mapping
 import ml_collections
 
 # importing the implementations registers them (each module registers its own names)
-from pdist import data, models, optim, privacy, strategies  # noqa: F401
-from pdist.registry import (DATASETS, MODELS, OPTIMIZERS, PARTITIONS, PRIVACY, SCHEDULES,
-                            STRATEGIES, ConfigError, check_positive, get)
+from pdist import compression, data, models, optim, privacy, strategies  # noqa: F401
+from pdist.registry import (COMPRESSORS, DATASETS, MODELS, OPTIMIZERS, PARTITIONS, PRIVACY,
+                            SCHEDULES, STRATEGIES, ConfigError, check_positive, get)
 
 # the registries whose name a config selects, with the field that selects it
-COMPONENTS = (STRATEGIES, DATASETS, MODELS, OPTIMIZERS, SCHEDULES, PARTITIONS, PRIVACY)
+COMPONENTS = (STRATEGIES, DATASETS, MODELS, OPTIMIZERS, SCHEDULES, PARTITIONS, PRIVACY,
+              COMPRESSORS)
 
 
 MOVED = {"ps.partition": "data.partition", "ps.dirichlet_alpha": "data.dirichlet_alpha"}

@@ -28,6 +28,9 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+import numpy as np
+
+from pdist.registry import COMPRESSORS
 
 State = Any
 
@@ -68,9 +71,14 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 
 
 class Pipeline(NamedTuple):
-  """The local chain (before aggregation) and the central chain (after it)."""
+  """The local chain (before aggregation) and the central chain (after it).
+
+  `wire_bytes(params) -> [bytes per leaf]` is what one sender puts on the wire for a gradient
+  after the local chain (None: the dense float32 leaves).
+  """
   local: GradientTransformation
   central: GradientTransformation
+  wire_bytes: Callable[[Any], list[int]] | None = None
 
   @property
   def local_is_identity(self) -> bool:
@@ -80,11 +88,16 @@ class Pipeline(NamedTuple):
   def with_central(self, transform: GradientTransformation) -> "Pipeline":
     """This pipeline with `transform` appended to the central chain."""
     central = transform if self.central is IDENTITY else chain(self.central, transform)
-    return Pipeline(self.local, central)
+    return Pipeline(self.local, central, self.wire_bytes)
 
-  def push_bytes(self, shard_bytes: Sequence[int]) -> list[int]:
-    """Bytes of one worker's push per server shard (what a compressor would shrink)."""
-    return list(shard_bytes)
+  def push_bytes(self, params, shards: Sequence[Sequence[int]]) -> list[int]:
+    """Bytes of one worker's push per server shard (leaf indices per shard), after compression."""
+    leaves = jax.tree.leaves(params)
+    if self.wire_bytes is None:
+      per_leaf = [4 * int(np.prod(np.shape(x), dtype=np.int64)) for x in leaves]
+    else:
+      per_leaf = self.wire_bytes(params)
+    return [sum(per_leaf[i] for i in shard) for shard in shards]
 
 
 IDENTITY = identity()
@@ -95,10 +108,15 @@ def empty() -> Pipeline:
   return Pipeline(IDENTITY, IDENTITY)
 
 
-def build(config) -> Pipeline:
-  """The pipeline `config` asks for. No component adds a transformation yet, so it is empty."""
-  del config
-  return empty()
+def build(config, params) -> Pipeline:
+  """The pipeline `config` asks for, for parameters shaped like `params`: the compressor of
+  config.compression in the local stage (DP-SGD's noise is added by the strategy, which knows
+  the data's size)."""
+  stage = COMPRESSORS.get(config.compression.name) if "compression" in config else None
+  if stage is None:
+    return empty()
+  local, wire_bytes = stage(config, params)
+  return Pipeline(local, IDENTITY, wire_bytes)
 
 
 def init_state(pipeline: Pipeline, params, copies: int = 0) -> dict:

@@ -85,6 +85,7 @@ OPTIMIZERS = Registry("optimizer", "config.optim.name")
 SCHEDULES = Registry("schedule", "config.optim.schedule")
 PARTITIONS = Registry("partition", "config.data.partition")
 PRIVACY = Registry("privacy mechanism", "config.privacy.mechanism")
+COMPRESSORS = Registry("compressor", "config.compression.name")
 
 
 # -- small checks shared by the components' validate functions --------------------------------------

@@ -111,15 +111,15 @@ class ParameterServerStrategy(base.Strategy):
     self.K = config.ps.workers
     self.bsp = config.ps.consistency == "bsp"
     self.tx = optim.build(config)
-    self.pipeline = pipeline if pipeline is not None else pipeline_lib.build(config)
     self.seed = config.train.seed
     self.batch_size = config.data.batch_size
     self._grad = base.grad_fn(task, config.optim.accumulate_steps)
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.pipeline = pipeline if pipeline is not None else pipeline_lib.build(config, abstract)
     self.shards = sharding.partition_leaves(abstract, config.ps.shards)
     self.shard_bytes = sharding.shard_bytes(abstract, self.shards)
     self.simulator = Simulator(config.ps, self.shard_bytes, seed=config.train.seed,
-                               push_bytes=self.pipeline.push_bytes(self.shard_bytes))
+                               push_bytes=self.pipeline.push_bytes(abstract, self.shards))
     arrays = base.training_arrays(task)
     self.data = None if arrays is None else jax.device_put(arrays)
     self.sampler = None

@@ -46,7 +46,7 @@ class Single(base.Strategy):
                                      sample)
     self._grad = base.grad_fn(task, accumulate, compute)
     if pipeline is None:
-      pipeline = pipeline_lib.build(config)
+      pipeline = pipeline_lib.build(config, jax.eval_shape(task.init, jax.random.PRNGKey(0)))
       if self.privacy is not None:
         pipeline = pipeline.with_central(self.privacy.noise())
     self.pipeline = pipeline
