@@ -32,9 +32,12 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
       if pts:
         ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
     ax.set_title(title)
-    ax.set_xlabel({"step": "updates", "sim_time": "simulated time", "epoch": "epochs"}.get(x, x))
+    ax.set_xlabel({"step": "updates", "sim_time": "simulated time", "epoch": "epochs",
+                   "bytes_pushed": "bytes pushed (all workers)"}.get(x, x))
     if log_loss and "loss" in key:
       ax.set_yscale("log")
+    if x == "bytes_pushed":  # compressors differ by orders of magnitude
+      ax.set_xscale("log")
     ax.grid(alpha=0.3)
   shown = set(axes[0][0].get_legend_handles_labels()[1])
   for label, _ in runs:  # a run with nothing to draw (e.g. diverged at once) is still named

@@ -2,7 +2,7 @@
 
 Runs every variant that the experiment's `get_hyper(arg)` declares, one after another, each into
 DIR/<variant>, then overlays their curves in DIR/curves.png (and DIR/curves_epoch.png when the
-runs have data; DIR/privacy_utility.png when the runs are differentially private). `get_hyper`
+runs have data, curves_sim_time.png and curves_bytes_pushed.png for the parameter server; DIR/privacy_utility.png when the runs are differentially private). `get_hyper`
 returns a list of (name, {"group.field": value, ...}) pairs; the
 command line's overrides apply to every variant. A variant whose loss becomes non-finite is
 recorded as diverged (status and update in sweep.json, marked in the legend) and the sweep goes on.
@@ -47,7 +47,7 @@ def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
     json.dump(summaries, f, indent=2, sort_keys=True)
   plots.plot_runs(dirs, os.path.join(workdir, "curves.png"), labels=names)
   keys = set().union(*[row.keys() for d in dirs for row in metrics.read(d)])
-  for x in ("epoch", "sim_time"):
+  for x in ("epoch", "sim_time", "bytes_pushed"):
     if x in keys:
       plots.plot_runs(dirs, os.path.join(workdir, f"curves_{x}.png"), x=x, labels=names)
   if any("epsilon" in s for s in summaries):  # a privacy sweep: accuracy against the budget

@@ -25,7 +25,8 @@ def make(config):
     k = kept(flat.size, ratio)
     if k == flat.size:
       return g
-    idx = jax.random.choice(key, flat.size, (k,), replace=False)
+    # a uniform random k-subset: the k largest of n uniform keys (cheaper than a permutation)
+    _, idx = jax.lax.top_k(jax.random.uniform(key, (flat.size,)), k)
     return jnp.zeros_like(flat).at[idx].set(flat[idx]).reshape(g.shape)
 
   def wire_bytes(shape) -> int:
