@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import sys
@@ -54,28 +55,33 @@ class CheckpointError(RuntimeError):
     self.fatal = fatal
 
 
-def load_key(key_file: str) -> bytes | None:
-  """The 32-byte AES key from `key_file` (32 raw bytes or 64 hex digits) or $PDIST_CHECKPOINT_KEY."""
+def load_key(key_file: str, log=None) -> bytes | None:
+  """The AES-256 key: 64 hex digits in `key_file` or in $PDIST_CHECKPOINT_KEY; None if neither.
+
+  One format only, so a 32-character passphrase or a 128-bit key written as 32 hex digits is
+  refused rather than silently taken. A key file that others may read draws a warning.
+  """
   if key_file:
     if not os.path.isfile(key_file):
       raise CheckpointError(f"config.checkpoint.key_file '{key_file}' does not exist")
     with open(key_file, "rb") as f:
       raw = f.read()
     source = f"key file '{key_file}'"
+    if os.stat(key_file).st_mode & 0o077 and log is not None:
+      log(f"pdist: warning: the key file '{key_file}' can be read by other users; "
+          f"chmod 600 it")
   elif os.environ.get(KEY_ENV):
     raw, source = os.environ[KEY_ENV].encode(), f"${KEY_ENV}"
   else:
     return None
-  if len(raw) == 32:
-    return raw
   text = raw.strip()
   try:
-    key = bytes.fromhex(text.decode("ascii"))
+    key = bytes.fromhex(text.decode("ascii")) if len(text) == 64 else b""
   except (ValueError, UnicodeDecodeError):
     key = b""
   if len(key) != 32:
-    raise CheckpointError(f"the {source} must hold 32 raw bytes or 64 hex digits "
-                          "(an AES-256 key), e.g. from: python -c 'import os; print(os.urandom(32).hex())'")
+    raise CheckpointError(f"the {source} must hold exactly 64 hex digits (an AES-256 key), e.g. "
+                          "from: python -c 'import os; print(os.urandom(32).hex())'")
   return key
 
 
@@ -111,6 +117,31 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in harmless)
 
 
+def digest(state, host: dict, config_dict: dict) -> str:
+  """sha256 over every leaf's dtype, shape and bytes, the host part and the config: written last
+  into a plain checkpoint's metadata and checked on restore, so damage anywhere is detected."""
+  h = hashlib.sha256(FORMAT.encode())
+  for leaf in jax.tree.leaves(state):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      # several processes: a replicated leaf is digested by this process's copy; a leaf sharded
+      # across processes (per-device pipeline state) is left to orbax's own checks
+      if not leaf.sharding.is_fully_replicated:
+        continue
+      leaf = leaf.addressable_data(0)
+    a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  h.update(json.dumps(host, sort_keys=True).encode())
+  h.update(json.dumps(config_dict, sort_keys=True, default=str).encode())
+  return h.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+  """sha256 of the metadata's fields other than this digest, as JSON stores them."""
+  body = {k: v for k, v in meta.items() if k != "meta_digest"}
+  return hashlib.sha256(json.dumps(json.loads(json.dumps(body)), sort_keys=True).encode()).hexdigest()
+
+
 def _serialise(state, host: dict) -> bytes:
   leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
   buf = io.BytesIO()
@@ -138,6 +169,9 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.key = key
     self.log = log or (lambda msg: print(msg, file=sys.stderr))
+    # a damaged checkpoint makes tensorstore's async reads fail; pdist reports that in one line
+    # and falls back, so asyncio's "Task exception was never retrieved" dumps are only noise
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
@@ -151,6 +185,7 @@ class Checkpointer:
     meta = {"format": FORMAT, "step": step, "config": config_dict, "encrypted": self.key is not None}
     if self.key is None:
       meta["host"] = host
+      meta["digest"] = digest(state, host, json.loads(json.dumps(config_dict)))
       tree = state
     else:
       from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -158,6 +193,7 @@ class Checkpointer:
       sealed = AESGCM(self.key).encrypt(nonce, _serialise(state, host), self._aad(step))
       meta.update(nonce=nonce.hex(), key_id=key_id(self.key))
       tree = {"ciphertext": np.frombuffer(sealed, np.uint8)}
+    meta["meta_digest"] = _meta_digest(meta)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     meta=ocp.args.JsonSave(meta)))
 
@@ -183,6 +219,8 @@ class Checkpointer:
         raise CheckpointError(f"written by another pdist version (format {found!r}, this one "
                               f"reads {FORMAT!r}), whose state layout differs")
       raise CheckpointError(f"not a pdist checkpoint (format {found!r})")
+    if meta.get("meta_digest") != _meta_digest(meta):
+      raise CheckpointError("its metadata does not match its digest: modified or corrupt")
     return meta
 
   def _restore_step(self, step: int, abstract) -> tuple[Any, dict, dict]:
@@ -216,6 +254,9 @@ class Checkpointer:
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     # restore into exactly the strategy's tree structure (namedtuples included)
     state = jax.tree.unflatten(jax.tree.structure(abstract), jax.tree.leaves(restored.state))
+    if digest(state, meta["host"], meta["config"]) != meta.get("digest"):
+      raise CheckpointError(f"checkpoint {step} does not match its digest: it was modified or "
+                            "is corrupt")
     return state, meta["host"], meta
 
   def restore_latest(self, abstract, config_dict: dict) -> tuple[int, Any, dict] | None:
@@ -268,5 +309,13 @@ class Checkpointer:
 
 
 def _one_line(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+  """A storage error in words: tensorstore's messages run to kilobytes of internals."""
+  text = str(e).strip()
+  if "DATA_LOSS" in text or "checksum" in text.lower():
+    return "its stored arrays are damaged (a checksum failed)"
+  if "NOT_FOUND" in text or isinstance(e, FileNotFoundError):
+    return "some of its files are missing"
+  if isinstance(e, json.JSONDecodeError):
+    return "its metadata is not valid JSON"
+  first = text.splitlines()[0] if text else ""
+  return f"{type(e).__name__}: {first[:120]}" if first else type(e).__name__
