@@ -23,6 +23,7 @@ SIGMAS = (0.6, 0.8, 1.2, 2.0, 4.0)
 
 def _digits(c):
   c.data.name = "digits"
+  c.data.num_train, c.data.num_test = 1497, 300  # all of sklearn's digits
   c.data.batch_size = 64
   c.train.steps = 600
   c.train.log_every = 50

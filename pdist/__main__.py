@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
 USAGE = ("python -m pdist --config experiments/NAME.py[:preset,...] --workdir DIR "
          "[--config.group.field=value ...]")
@@ -48,8 +50,36 @@ def _compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
+class _StoppedEarly(Exception):
+  """SIGTERM before training set up its own handling (while importing, loading, compiling)."""
+
+
+def _stop_early(signum, frame):
+  del frame
+  raise _StoppedEarly(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, _stop_early)  # train.run has its own while it runs
+  try:
+    return _main(argv)
+  except _StoppedEarly as e:
+    print(f"pdist: preempted: received {e} while starting, before any update; nothing new was "
+          "saved; run the same command again", file=sys.stderr)
+    return 75
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
   args, overrides = parse(sys.argv[1:] if argv is None else argv)
+  if not 0 <= args.process_id < max(args.num_processes, 1) or args.num_processes < 1:
+    print(f"pdist: error: --process_id={args.process_id} must be in [0, --num_processes="
+          f"{args.num_processes})", file=sys.stderr)
+    return 2
   _compilation_cache()
   from pdist import config as config_lib
 
@@ -72,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_num_cpu_devices", args.local_devices)
 
   from pdist import train
+  from pdist.workdir import OutputError
 
   try:
-    result = train.run(config, args.workdir)
+    result = train.run(config, args.workdir,
+                       command=["python", "-m", "pdist", *(sys.argv[1:] if argv is None else argv)])
   except config_lib.ConfigError as e:
     print(f"pdist: error: {e}", file=sys.stderr)
     return 2
+  except OutputError as e:
+    print(f"pdist: training stopped: {e}; the newest complete checkpoint in "
+          f"{os.path.join(args.workdir, 'checkpoints')} is kept", file=sys.stderr)
+    return 3
   except train.TrainingError as e:
     print(f"pdist: training stopped: {e}", file=sys.stderr)
     return 3

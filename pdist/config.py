@@ -76,7 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
         c[entry.group] = entry.config()
 
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.every = 0          # updates between checkpoints; 0 = only on preemption
+  c.checkpoint.every = 1000       # updates between checkpoints (and one at the end); 0 = only on
+                                  # preemption. On by default: a killed run resumes.
   c.checkpoint.keep = 3           # newest checkpoints kept
   c.checkpoint.async_save = True  # write in the background (orbax async checkpointing)
   c.checkpoint.restart = "resume"  # resume: continue from WORKDIR/checkpoints; fresh: discard them
@@ -133,6 +134,12 @@ def apply_presets(config: ml_collections.ConfigDict, arg: str | None,
 
 
 def _parse_value(raw: str) -> Any:
+  """A Python literal; also true/false (any case) and nan/inf, which are not literals."""
+  lowered = raw.strip().lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  if lowered in ("nan", "inf", "+inf", "-inf"):
+    return float(lowered)
   try:
     return ast.literal_eval(raw)
   except (ValueError, SyntaxError):
@@ -160,6 +167,8 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
     value = tuple(value)
   if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
+  if isinstance(value, bool) and old is not None and not isinstance(old, bool):
+    raise ConfigError(f"config.{dotted} must be of type {type(old).__name__}, got {value!r}")
   if old is not None and isinstance(old, ml_collections.ConfigDict):
     raise ConfigError(f"config.{dotted} is a group, not a field; set one of its fields instead")
   if old is not None and not isinstance(value, type(old)):
@@ -174,6 +183,9 @@ def load_experiment(spec: str):
   """(module, preset argument) of "path/to/experiment.py[:presets]"; a missing or broken file is
   a ConfigError naming it."""
   path, _, arg = spec.partition(":")
+  if os.path.isdir(path):
+    raise ConfigError(f"config file '{path}' is a directory; name an experiment file in it, "
+                      f"e.g. {os.path.join(path, 'mnist1d.py')}")
   if not os.path.isfile(path):
     raise ConfigError(f"config file '{path}' does not exist")
   module_spec = importlib.util.spec_from_file_location(
@@ -251,6 +263,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.data.num_classes must be at least 2, got {config.data.num_classes}")
   if config.optim.momentum >= 1:
     raise ConfigError(f"config.optim.momentum must be below 1, got {config.optim.momentum}")
+  if config.train.seed < 0:
+    raise ConfigError(f"config.train.seed must be non-negative, got {config.train.seed}")
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")
   for _, entry in list(_selected(config)):

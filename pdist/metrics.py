@@ -60,6 +60,11 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
 def progress(total: int, initial: int = 0, enabled: bool = True):
   """A tqdm bar on stderr (steps, loss, rate); a no-op object when disabled."""
   if not enabled:

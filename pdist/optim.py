@@ -28,10 +28,21 @@ def _needs_warmup(config) -> None:
   if config.optim.warmup_steps == 0:
     raise ConfigError(f"config.optim.schedule='{config.optim.schedule}' needs "
                       "config.optim.warmup_steps > 0")
+  if config.optim.warmup_steps > config.train.steps:
+    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} is longer than the "
+                      f"run (config.train.steps={config.train.steps})")
 
 
-SCHEDULES.register("constant")(lambda lr, steps, warmup: optax.constant_schedule(lr))
-SCHEDULES.register("cosine")(
+def _no_warmup(config) -> None:
+  if config.optim.warmup_steps:
+    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} does not apply to "
+                      f"config.optim.schedule='{config.optim.schedule}'; use warmup or "
+                      "warmup_cosine")
+
+
+SCHEDULES.register("constant", validate=_no_warmup)(
+    lambda lr, steps, warmup: optax.constant_schedule(lr))
+SCHEDULES.register("cosine", validate=_no_warmup)(
     lambda lr, steps, warmup: optax.cosine_decay_schedule(lr, decay_steps=steps))
 SCHEDULES.register("warmup", validate=_needs_warmup)(
     lambda lr, steps, warmup: optax.join_schedules(
@@ -47,10 +58,24 @@ def schedule(config) -> optax.Schedule:
       scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps)
 
 
-OPTIMIZERS.register("sgd")(
+def _only(*fields):
+  """A check that the optimizer-specific fields other than `fields` are left at 0 / False."""
+  def validate(config):
+    o = config.optim
+    for field in ("momentum", "nesterov", "weight_decay"):
+      if field not in fields and o[field]:
+        raise ConfigError(f"config.optim.{field}={o[field]} does not apply to "
+                          f"config.optim.name='{o.name}'; leave it unset")
+    if o.nesterov and not o.momentum:
+      raise ConfigError("config.optim.nesterov=True needs config.optim.momentum > 0")
+  return validate
+
+
+OPTIMIZERS.register("sgd", validate=_only("momentum", "nesterov"))(
     lambda o, lr: optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
-OPTIMIZERS.register("adam")(lambda o, lr: optax.adam(lr))
-OPTIMIZERS.register("adamw")(lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))
+OPTIMIZERS.register("adam", validate=_only())(lambda o, lr: optax.adam(lr))
+OPTIMIZERS.register("adamw", validate=_only("weight_decay"))(
+    lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))
 
 
 def build(config) -> optax.GradientTransformation:

@@ -102,7 +102,19 @@ def main(argv: list[str] | None = None) -> int:
   if labels and len(labels) != len(args.workdirs):
     print("pdist.plots: error: --labels needs one label per workdir", file=sys.stderr)
     return 2
-  out = plot_runs(args.workdirs, args.out, args.x, labels)
+  fields = set().union(*[row.keys() for d in args.workdirs for row in metrics.read(d)])
+  if args.x not in fields:
+    numeric = sorted(f for f in fields if f in ("step", "epoch", "sim_time", "bytes_pushed",
+                                                "wall_time"))
+    print(f"pdist.plots: error: --x {args.x} is not in these metrics; choose from: "
+          f"{', '.join(numeric)}", file=sys.stderr)
+    return 2
+  try:
+    out = plot_runs(args.workdirs, args.out, args.x, labels)
+  except OSError as e:
+    print(f"pdist.plots: error: cannot write {e.filename or args.out}: {e.strerror}",
+          file=sys.stderr)
+    return 2
   print(f"pdist.plots: wrote {out}")
   return 0
 

@@ -106,7 +106,8 @@ def check_choice(config, dotted: str, allowed: Iterable[str]) -> None:
 def check_positive(config, *dotted: str, allow_zero: bool = False) -> None:
   for name in dotted:
     value = get(config, name)
-    bad = value < 0 if allow_zero else value <= 0
-    if bad or (isinstance(value, float) and not math.isfinite(value)):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{name} must be a finite number, got {value}")
+    if value < 0 if allow_zero else value <= 0:
       need = "non-negative" if allow_zero else "positive"
       raise ConfigError(f"config.{name} must be {need}, got {value}")

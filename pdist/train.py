@@ -21,6 +21,7 @@ import jax
 
 from pdist import config as config_lib
 from pdist import data, metrics, strategies, tasks
+from pdist import workdir as workdir_lib
 
 
 class TrainingError(RuntimeError):
@@ -75,11 +76,15 @@ def _next_stop(step: int, config) -> int:
 
 
 class Preempted(RuntimeError):
-  """SIGTERM or SIGINT arrived; a checkpoint was saved at `step` and metrics were flushed."""
+  """SIGTERM or SIGINT arrived; a checkpoint was saved at `step` and metrics were flushed (or,
+  before the first update, there was nothing new to save)."""
 
-  def __init__(self, step: int, signum: int):
-    super().__init__(f"received {signal.Signals(signum).name}; saved a checkpoint at update "
-                     f"{step}; run the same command again to continue")
+  def __init__(self, step: int, signum: int, saved: bool = True):
+    where = (f"saved a checkpoint at update {step}" if saved else
+             f"it came before the first update, so nothing new was saved (the run is at update "
+             f"{step})")
+    super().__init__(f"received {signal.Signals(signum).name}; {where}; run the same command "
+                     "again to continue")
     self.step = step
 
 
@@ -162,6 +167,9 @@ class _Run:
   last_row: dict[str, Any] = dataclasses.field(default_factory=dict)
   writer: Any = None
   started: float = 0.0
+  lock: Any = None
+  finished: dict[str, Any] | None = None  # the summary of a run found already finished
+  command: list[str] | None = None
 
 
 def _prepare(config, workdir: str | None, pipeline=None) -> _Run:
@@ -170,13 +178,24 @@ def _prepare(config, workdir: str | None, pipeline=None) -> _Run:
   lead = jax.process_index() == 0
   is_writer = workdir is not None and lead
   log = (lambda msg: print(msg, file=sys.stderr)) if lead else (lambda msg: None)
+  lock = None
   if is_writer:
-    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.prepare(workdir)
+    lock = workdir_lib.Lock(workdir).acquire()
+  try:
+    return _build(config, workdir, is_writer, log, pipeline, lock)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+
+
+def _build(config, workdir, is_writer, log, pipeline, lock) -> _Run:
   dataset = data.load(config.data)
   task = tasks.build(config, dataset)
   strategy = strategies.build(config, task, pipeline=pipeline)
   state = strategy.init(jax.random.PRNGKey(config.train.seed))
-  return _Run(config, workdir, is_writer, log, dataset, task, strategy, state)
+  return _Run(config, workdir, is_writer, log, dataset, task, strategy, state, lock=lock)
 
 
 def _resume(r: _Run) -> None:
@@ -195,7 +214,16 @@ def _resume(r: _Run) -> None:
   previous = _metrics_up_to(r.workdir, r.start_step)
   if r.start_step == 0 and had_rows:
     r.log(f"pdist: no checkpoint in {r.workdir}; starting from update 0 and rewriting its metrics")
+  if r.start_step > 0 and (not previous or previous[-1]["step"] != r.start_step):
+    r.log(f"pdist: {metrics_path} has no row for update {r.start_step} (removed or cut short); "
+          "rows from here on are written, earlier ones are not recovered")
   r.last_row = previous[-1] if previous else {}
+  if r.start_step >= r.config.train.steps:
+    path = os.path.join(r.workdir, "summary.json")
+    r.finished = metrics.read_json(path) if os.path.exists(path) else None
+    r.log(f"pdist: {r.workdir} already holds a finished run ({r.start_step} of "
+          f"{r.config.train.steps} updates); nothing to do (--config.checkpoint.restart=fresh "
+          "runs it again)")
 
 
 def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float) -> dict[str, Any]:
@@ -216,7 +244,7 @@ def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float) -> dict[str, 
   return row
 
 
-def _loop(r: _Run) -> None:
+def _loop(r: _Run, stop) -> None:
   """Runs updates up to the next log / eval / checkpoint stop until train.steps, writing a row and
   saving checkpoints at each stop; SIGTERM / SIGINT save a checkpoint and raise Preempted."""
   config, steps, every = r.config, r.config.train.steps, r.config.checkpoint.every
@@ -224,30 +252,28 @@ def _loop(r: _Run) -> None:
                          enabled=config.train.progress and jax.process_index() == 0)
   r.started = time.perf_counter()
   try:
-    with _SignalFlag() as stop:
-      while r.step < steps:
-        n = _next_stop(r.step, config) - r.step
-        t0 = time.perf_counter()
-        r.state, chunk = r.strategy.run(r.state, n)
-        r.step += n
-        row = _row(r, chunk, n, time.perf_counter() - t0)
-        r.rows.append(row)
-        if r.writer:
-          r.writer.write(row)
-        r.last_row = row
-        if r.ckpt is not None and ((every and r.step % every == 0) or r.step == steps and every
-                                   or stop.signum is not None):
-          r.ckpt.save(r.step, r.state, r.strategy.host_state(), config.to_dict())
-          r.log(f"pdist: checkpoint at update {r.step}")
-        bar.update(n)
-        bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
-                        **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row
-                           else {}))
-        if stop.signum is not None and r.step < steps:
-          if r.ckpt is None:
-            raise KeyboardInterrupt
-          r.ckpt.wait()
-          raise Preempted(r.step, stop.signum)
+    while r.step < steps:
+      n = _next_stop(r.step, config) - r.step
+      t0 = time.perf_counter()
+      r.state, chunk = r.strategy.run(r.state, n)
+      r.step += n
+      row = _row(r, chunk, n, time.perf_counter() - t0)
+      r.rows.append(row)
+      if r.writer:
+        r.writer.write(row)
+      r.last_row = row
+      if r.ckpt is not None and ((every and r.step % every == 0) or r.step == steps and every
+                                 or stop.signum is not None):
+        r.ckpt.save(r.step, r.state, r.strategy.host_state(), config.to_dict())
+        r.log(f"pdist: checkpoint at update {r.step}")
+      bar.update(n)
+      bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
+                      **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
+      if stop.signum is not None and r.step < steps:
+        if r.ckpt is None:
+          raise KeyboardInterrupt
+        r.ckpt.wait()
+        raise Preempted(r.step, stop.signum)
   finally:
     bar.close()
 
@@ -261,38 +287,64 @@ def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
                  resumed_from=r.start_step, status=status, **extra,
                  **r.strategy.describe(r.state))
   if r.is_writer:
-    metrics.write_json(os.path.join(r.workdir, "summary.json"), summary)
+    summary["provenance"] = workdir_lib.provenance(r.command)
+    _write(metrics.write_json, os.path.join(r.workdir, "summary.json"), summary)
   return summary
 
 
+def _write(fn, path, *args):
+  """fn(path, *args); a failed write (disk full, read-only) is an OutputError naming the path."""
+  try:
+    return fn(path, *args)
+  except OSError as e:
+    raise workdir_lib.OutputError(path, e) from None
+
+
 def _finish(r: _Run) -> Result:
-  """Writes summary.json (and params.npz if asked) and returns the Result."""
+  """Writes summary.json (and params.npz if asked) and returns the Result. A run that was
+  already finished keeps its summary.json as it was."""
+  if r.finished is not None:
+    return Result(r.finished, r.state, r.strategy, r.rows)
   summary = _summary(r, "completed")
   if r.is_writer and r.config.train.save_params:
-    save_params(os.path.join(r.workdir, "params.npz"), r.strategy.params(r.state))
+    _write(save_params, os.path.join(r.workdir, "params.npz"), r.strategy.params(r.state))
   return Result(summary, r.state, r.strategy, r.rows)
 
 
-def run(config, workdir: str | None = None, pipeline=None) -> Result:
+def run(config, workdir: str | None = None, pipeline=None,
+        command: list[str] | None = None) -> Result:
   """Trains `config` and writes its results to `workdir` (None: write nothing).
 
   With a workdir, an existing WORKDIR/checkpoints is resumed from (unless
   config.checkpoint.restart='fresh'); checkpoints are saved every config.checkpoint.every updates,
-  at the end, and when SIGTERM / SIGINT arrives (then `Preempted` is raised). If the loss becomes
-  non-finite, summary.json records `status: diverged` and `Diverged` is raised. `pipeline`
-  replaces the gradient pipeline that the config builds (for experiments and tests).
+  at the end, and when SIGTERM / SIGINT arrives (then `Preempted` is raised). The workdir is
+  locked for the run's life. If the loss becomes non-finite, summary.json records
+  `status: diverged` and `Diverged` is raised. `pipeline` replaces the gradient pipeline that the
+  config builds (for experiments and tests); `command` is recorded in summary.json's provenance.
   """
-  r = _prepare(config, workdir, pipeline)
-  _resume(r)
-  r.writer = metrics.MetricsWriter(workdir, enabled=r.is_writer) if workdir else None
-  try:
-    _loop(r)
-  except Diverged as e:
-    e.summary = _summary(r, "diverged", diverged_at=e.step)
-    raise
-  finally:
-    if r.writer:
-      r.writer.close()
-    if r.ckpt is not None:
-      r.ckpt.close()
-  return _finish(r)
+  with _SignalFlag() as stop:
+    r = _prepare(config, workdir, pipeline)
+    r.command = command
+    try:
+      _resume(r)
+      if stop.signum is not None:  # before the first update: nothing new to save
+        if workdir is None:
+          raise KeyboardInterrupt
+        raise Preempted(r.start_step, stop.signum, saved=False)
+      r.writer = metrics.MetricsWriter(workdir, enabled=r.is_writer) if workdir else None
+      try:
+        _loop(r, stop)
+      except Diverged as e:
+        e.summary = _summary(r, "diverged", diverged_at=e.step)
+        raise
+      except OSError as e:  # metrics or checkpoints could not be written
+        raise workdir_lib.OutputError(getattr(e, "filename", None) or str(workdir), e) from None
+      finally:
+        if r.writer:
+          r.writer.close()
+        if r.ckpt is not None:
+          r.ckpt.close()
+      return _finish(r)
+    finally:
+      if r.lock is not None:
+        r.lock.release()

@@ -120,22 +120,58 @@ def quadratic() -> Dataset:
   return Dataset("quadratic", "quadratic", None, None, None, None, 0)
 
 
-# -- registered loaders: name -> fn(config.data) -> Dataset ---------------------------------------------
-DATASETS.register("mnist1d")(lambda d: mnist1d(d.num_train, d.num_test))
-DATASETS.register("digits")(lambda d: digits())
-DATASETS.register("teacher")(
-    lambda d: teacher(d.num_train, d.num_test, d.dim, d.num_classes, d.seed))
-DATASETS.register("regression")(
-    lambda d: regression_teacher(d.num_train, d.num_test, d.dim, d.seed))
+# -- registered loaders: name -> fn(config.data) -> Dataset, with the fields each one reads ----------
+# Shared fields a dataset does not read must stay at their defaults: a value set for another
+# dataset is refused rather than silently ignored.
+DEFAULTS = {"num_train": 4000, "num_test": 1000, "dim": 784, "num_classes": 10, "parts": 1,
+            "seed": 0}
+READS = {"mnist1d": ("num_train", "num_test"), "digits": ("num_train", "num_test"),
+         "teacher": ("num_train", "num_test", "dim", "num_classes", "seed"),
+         "regression": ("num_train", "num_test", "dim", "seed"), "quadratic": ("dim", "parts")}
+DIGITS_SPLIT = (1497, 300)
+
+
+def _unused_fields_at_default(config) -> None:
+  name = config.data.name
+  for field, default in DEFAULTS.items():
+    if field not in READS[name] and config.data[field] != default:
+      raise ConfigError(f"config.data.{field}={config.data[field]} does not apply to "
+                        f"config.data.name='{name}' (it reads {', '.join(READS[name])}); leave "
+                        f"it at {default}")
+
+
+def _validate_digits(config) -> None:
+  _unused_fields_at_default(config)
+  for field, have in zip(("num_train", "num_test"), DIGITS_SPLIT):
+    value = config.data[field]
+    if value != DEFAULTS[field] and value > have:
+      raise ConfigError(f"config.data.{field}={value} but digits has {have} examples there; "
+                        f"ask for at most {have} (a subset) or leave the default (all)")
+
+
+def _digits_subset(d) -> Dataset:
+  ds = digits()
+  n_train = ds.num_train if d.num_train == DEFAULTS["num_train"] else d.num_train
+  n_test = len(ds.x_test) if d.num_test == DEFAULTS["num_test"] else d.num_test
+  return dataclasses.replace(ds, x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train],
+                             x_test=ds.x_test[:n_test], y_test=ds.y_test[:n_test])
 
 
 def _validate_quadratic(config) -> None:
+  _unused_fields_at_default(config)
   if config.data.parts < 1 or config.data.parts > config.data.dim:
     raise ConfigError(f"config.data.parts must be in [1, config.data.dim], got {config.data.parts}")
   if config.model.name != "none":
     raise ConfigError("config.data.name='quadratic' trains theta directly: set config.model.name='none'")
 
 
+DATASETS.register("mnist1d", validate=_unused_fields_at_default)(
+    lambda d: mnist1d(d.num_train, d.num_test))
+DATASETS.register("digits", validate=_validate_digits)(_digits_subset)
+DATASETS.register("teacher", validate=_unused_fields_at_default)(
+    lambda d: teacher(d.num_train, d.num_test, d.dim, d.num_classes, d.seed))
+DATASETS.register("regression", validate=_unused_fields_at_default)(
+    lambda d: regression_teacher(d.num_train, d.num_test, d.dim, d.seed))
 DATASETS.register("quadratic", validate=_validate_quadratic)(lambda d: quadratic())
 
 

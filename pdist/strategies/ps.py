@@ -79,6 +79,11 @@ def validate_ps(config) -> None:
                  "ps.failures.restart_delay", allow_zero=True)
   if ps.stragglers.fraction > 1:
     raise ConfigError(f"config.ps.stragglers.fraction must be in [0, 1], got {ps.stragglers.fraction}")
+  slow = round(ps.stragglers.fraction * ps.workers)
+  if ps.stragglers.fraction > 0 and slow == 0:
+    raise ConfigError(f"config.ps.stragglers.fraction={ps.stragglers.fraction} of "
+                      f"{ps.workers} workers rounds to no straggler; use at least "
+                      f"{0.5 / ps.workers:.3g}")
   if ps.consistency == "ssp" and ps.max_staleness < 1:
     raise ConfigError("config.ps.consistency='ssp' needs config.ps.max_staleness >= 1 "
                       "(the largest clock gap allowed; s = 0 would be bsp)")
