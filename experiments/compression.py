@@ -1,5 +1,6 @@
-"""Communication compression on a bandwidth-limited parameter server: accuracy against bytes
-sent and against simulated time, for each compressor, with and without error feedback.
+"""Communication compression on a bandwidth-limited parameter server, with and without error feedback.
+
+Accuracy against bytes sent and against simulated time, for each compressor.
 
   python -m pdist --config experiments/compression.py:topk --workdir runs/comp_topk
   python -m pdist.sweep --config experiments/compression.py --workdir runs/compression

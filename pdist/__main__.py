@@ -17,11 +17,53 @@ USAGE = ("python -m pdist --config experiments/NAME.py[:preset,...] --workdir DI
          "[--config.group.field=value ...]")
 
 
+EXIT_STATUSES = """exit statuses:
+  0   finished (or already finished in this workdir)
+  2   bad input: a config file, field or value, a workdir, a key, a checkpoint that cannot be used
+  3   training stopped: the loss became non-finite, or an output could not be written
+  4   the processes of a multi-process run could not find each other
+  75  preempted (SIGTERM / SIGINT): a checkpoint was saved; run the same command again"""
+
+
+def _experiments_epilog() -> str:
+  """The experiments under ./experiments with their one-line cards and presets."""
+  import ast
+  import glob
+  here = os.path.join(os.getcwd(), "experiments")
+  if not os.path.isdir(here):
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+  lines = []
+  for path in sorted(glob.glob(os.path.join(here, "*.py"))):
+    try:
+      tree = ast.parse(open(path).read())
+    except (OSError, SyntaxError):
+      continue
+    doc = (ast.get_docstring(tree) or "").strip().splitlines()
+    presets = ""
+    for node in tree.body:
+      if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PRESETS"
+                                              for t in node.targets):
+        if isinstance(node.value, ast.Dict):
+          presets = ", ".join(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+    name = os.path.relpath(path)
+    lines.append(f"  {name}\n      {doc[0] if doc else ''}" +
+                 (f"\n      presets: {presets}" if presets else ""))
+  return "experiments:\n" + "\n".join(lines)
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(prog="python -m pdist", usage=USAGE,
-                                   description="Train a pdist experiment.")
+  parser = argparse.ArgumentParser(
+      prog="python -m pdist", usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Train a pdist experiment: an experiment file's config, with presets after the "
+                  "colon and --config.group.field=value overrides (booleans: true/false). Every "
+                  "field and its meaning: README.md, 'Config fields', or --print_config.",
+      epilog=_experiments_epilog() + "\n\n" + EXIT_STATUSES if "-h" in argv or "--help" in argv
+      else EXIT_STATUSES)
   parser.add_argument("--config", required=True, help="experiment file, optionally :presets")
-  parser.add_argument("--workdir", required=True, help="directory for metrics, summary, plots")
+  parser.add_argument("--workdir", default=None,
+                      help="directory for metrics, summary, checkpoints, TensorBoard events")
+  parser.add_argument("--print_config", action="store_true",
+                      help="print the resolved config (after presets and overrides) and exit")
   group = parser.add_argument_group("several processes (one per machine, or pdist.launch)")
   group.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
   group.add_argument("--num_processes", type=int, default=1)
@@ -87,6 +129,13 @@ def _main(argv: list[str] | None) -> int:
     config = config_lib.load(args.config, overrides)
   except config_lib.ConfigError as e:
     print(f"pdist: error: {e}", file=sys.stderr)
+    return 2
+  if args.print_config:
+    print(config.to_json(indent=2, sort_keys=True))
+    return 0
+  if args.workdir is None:
+    print("pdist: error: --workdir is required (where metrics, summary and checkpoints go)",
+          file=sys.stderr)
     return 2
 
   if args.coordinator or args.num_processes > 1:

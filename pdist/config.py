@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.progress = True      # tqdm bar on stderr
   c.train.save_params = False  # write the final parameters to WORKDIR/params.npz
+  c.train.tensorboard = True   # also write TensorBoard event files to WORKDIR/tensorboard
   return c
 
 

@@ -96,16 +96,23 @@ def run_and_interrupt(pdist_args: list[str], after_checkpoints: int = 2,
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  if "--" not in argv:
-    print("pdist.launch: error: put the pdist arguments after '--'", file=sys.stderr)
-    return 2
-  split = argv.index("--")
-  parser = argparse.ArgumentParser(prog="python -m pdist.launch")
+  parser = argparse.ArgumentParser(
+      prog="python -m pdist.launch", usage="python -m pdist.launch [options] -- PDIST_ARGS...",
+      description="Runs N `python -m pdist` processes on this machine, on loopback, as one "
+                  "jax.distributed group (the same code path as N machines).",
+      epilog="Example: python -m pdist.launch --processes 2 --devices-per-process 2 -- "
+             "--config experiments/mnist1d_sync.py --workdir runs/sync_2x2")
   parser.add_argument("--processes", type=int, default=2)
   parser.add_argument("--devices-per-process", type=int, default=1)
   parser.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
   parser.add_argument("--init-timeout", type=int, default=60,
                       help="seconds for the processes to find each other")
+  if "--" not in argv:
+    if any(a in ("-h", "--help") for a in argv):
+      parser.parse_args(["--help"])
+    print("pdist.launch: error: put the pdist arguments after '--' (see --help)", file=sys.stderr)
+    return 2
+  split = argv.index("--")
   args = parser.parse_args(argv[:split])
   if args.processes < 1 or args.devices_per_process < 1:
     print("pdist.launch: error: --processes and --devices-per-process must be positive",

@@ -22,23 +22,58 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-  """Appends rows to WORKDIR/metrics.jsonl, flushed after every row. Only process 0 writes."""
+  """Appends rows to WORKDIR/metrics.jsonl, flushed after every row, and (if asked) to TensorBoard
+  event files beside it. Only process 0 writes."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = False,
+               config_json: str | None = None):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
     self._file = open(self.path, "a") if enabled else None
+    self._tb = TensorBoardWriter(workdir, config_json) if enabled and tensorboard else None
 
   def write(self, row: dict[str, Any]) -> None:
     if self._file is None:
       return
     self._file.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
     self._file.flush()
+    if self._tb is not None:
+      self._tb.write(row)
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+class TensorBoardWriter:
+  """Scalars of every row to TensorBoard event files under WORKDIR/tensorboard (tensorboardX, no
+  TensorFlow needed), and the run's config as text at step 0. `tensorboard --logdir runs/` then
+  shows every run. Lists (e.g. staleness_hist) are written as `<name>/<index>` scalars."""
+
+  def __init__(self, workdir: str, config_json: str | None = None):
+    from tensorboardX import SummaryWriter
+    self._writer = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=10)
+    if config_json is not None:
+      self._writer.add_text("config", "```\n" + config_json + "\n```", 0)
+
+  def write(self, row: dict[str, Any]) -> None:
+    step = int(row["step"])
+    for key, value in row.items():
+      if key == "step":
+        continue
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        self._writer.add_scalar(key, float(value), step)
+      elif isinstance(value, list):
+        for i, v in enumerate(value):
+          if isinstance(v, (int, float)):
+            self._writer.add_scalar(f"{key}/{i}", float(v), step)
+
+  def close(self) -> None:
+    self._writer.close()
 
 
 def read(workdir: str) -> list[dict[str, Any]]:

@@ -57,9 +57,14 @@ def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m pdist.sweep")
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--workdir", required=True)
+  parser = argparse.ArgumentParser(
+      prog="python -m pdist.sweep",
+      usage="python -m pdist.sweep --config experiments/NAME.py[:presets] --workdir DIR "
+            "[--config.group.field=value ...]",
+      description="Runs every variant of an experiment's get_hyper() into DIR/<variant> and "
+                  "overlays their curves in DIR/curves*.png; writes DIR/sweep.json.")
+  parser.add_argument("--config", required=True, help="experiment file with get_hyper(arg)")
+  parser.add_argument("--workdir", required=True, help="directory for the variants' workdirs")
   args, overrides = parser.parse_known_args(argv)
   try:
     summaries = run_sweep(args.config, args.workdir, overrides)

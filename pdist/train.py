@@ -331,7 +331,10 @@ def run(config, workdir: str | None = None, pipeline=None,
         if workdir is None:
           raise KeyboardInterrupt
         raise Preempted(r.start_step, stop.signum, saved=False)
-      r.writer = metrics.MetricsWriter(workdir, enabled=r.is_writer) if workdir else None
+      if workdir:
+        r.writer = metrics.MetricsWriter(
+            workdir, enabled=r.is_writer and r.finished is None,
+            tensorboard=config.train.tensorboard, config_json=config.to_json(indent=2))
       try:
         _loop(r, stop)
       except Diverged as e:

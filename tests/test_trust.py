@@ -161,3 +161,20 @@ def test_summary_records_provenance(tmp_path, capsys):
 def test_default_config_checkpoints_so_a_killed_run_can_resume():
   c = load_experiment("mnist1d", "")
   assert c.checkpoint.every > 0
+
+
+def test_help_lists_experiments_and_print_config_shows_the_resolved_config(capsys):
+  with pytest.raises(SystemExit) as e:
+    main(["--help"])
+  out = capsys.readouterr().out
+  assert e.value.code == 0
+  assert "experiments/dp.py" in out and "presets: tiny, digits, nonprivate, pld" in out
+  assert "75  preempted" in out
+  assert main(["--config", MNIST, "--print_config", "--config.optim.learning_rate=0.5"]) == 0
+  config = json.loads(capsys.readouterr().out)
+  assert config["optim"]["learning_rate"] == 0.5 and config["train"]["steps"] == 60
+  from pdist import launch, sweep
+  for entry in (launch.main, sweep.main):
+    with pytest.raises(SystemExit) as e:
+      entry(["--help"])
+    assert e.value.code == 0 and "usage: python -m pdist." in capsys.readouterr().out
