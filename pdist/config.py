@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0   # adamw only
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
+  c.optim.warmup_from = 0.0    # warmup starts at lr x this (Goyal et al. 2017: 1/k)
+  c.optim.decay_steps = ()     # step schedules: updates at which lr is multiplied by decay_factor
+  c.optim.decay_factor = 0.1
   c.optim.grad_clip = 0.0      # global-norm clipping; 0 = off
   c.optim.accumulate_steps = 1  # micro-batches per update (batch_size is split into this many)
   c.optim.base_batch_size = 0   # > 0: linear scaling, lr * batch_size / base_batch_size (Goyal 2017)
@@ -87,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps = 1000
   c.train.log_every = 100
   c.train.eval_every = 500     # 0 = evaluate only at the end
+  c.train.eval_train = False   # also evaluate on the whole training set (train_eval_* fields)
   c.train.seed = 0
+  c.train.seeds = 1            # > 1: seeds seed .. seed+N-1 as one vmapped program (single only)
   c.train.progress = True      # tqdm bar on stderr
   c.train.save_params = False  # write the final parameters to WORKDIR/params.npz
   c.train.tensorboard = True   # also write TensorBoard event files to WORKDIR/tensorboard
@@ -252,6 +257,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                  "data.dirichlet_alpha", "optim.learning_rate", "optim.accumulate_steps",
                  "train.steps", "train.log_every", "checkpoint.keep")
   check_positive(config, "optim.base_batch_size", "optim.momentum", "optim.weight_decay",
+                 "optim.warmup_from",
                  "optim.warmup_steps", "optim.grad_clip", "train.eval_every", "checkpoint.every",
                  allow_zero=True)
   if config.data.batch_size % config.optim.accumulate_steps:
@@ -266,6 +272,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.optim.momentum must be below 1, got {config.optim.momentum}")
   if config.train.seed < 0:
     raise ConfigError(f"config.train.seed must be non-negative, got {config.train.seed}")
+  check_positive(config, "train.seeds")
+  if config.train.seeds > 1:
+    if config.strategy != "single":
+      raise ConfigError(f"config.train.seeds={config.train.seeds} runs vmapped copies of "
+                        f"config.strategy='single' only, not '{config.strategy}'; run one process "
+                        "per seed instead")
+    if config.privacy.mechanism != "none" or config.compression.name != "none":
+      raise ConfigError(f"config.train.seeds={config.train.seeds} does not combine with "
+                        "config.privacy or config.compression; run one process per seed")
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")
   for _, entry in list(_selected(config)):

@@ -34,28 +34,64 @@ def _needs_warmup(config) -> None:
 
 
 def _no_warmup(config) -> None:
+  if config.optim.warmup_from:
+    raise ConfigError(f"config.optim.warmup_from={config.optim.warmup_from} does not apply to "
+                      f"config.optim.schedule='{config.optim.schedule}'")
   if config.optim.warmup_steps:
     raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} does not apply to "
                       f"config.optim.schedule='{config.optim.schedule}'; use warmup or "
                       "warmup_cosine")
 
 
-SCHEDULES.register("constant", validate=_no_warmup)(
-    lambda lr, steps, warmup: optax.constant_schedule(lr))
-SCHEDULES.register("cosine", validate=_no_warmup)(
-    lambda lr, steps, warmup: optax.cosine_decay_schedule(lr, decay_steps=steps))
-SCHEDULES.register("warmup", validate=_needs_warmup)(
-    lambda lr, steps, warmup: optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]))
-SCHEDULES.register("warmup_cosine", validate=_needs_warmup)(
-    lambda lr, steps, warmup: optax.warmup_cosine_decay_schedule(0.0, lr, warmup,
-                                                                 max(steps, warmup + 1)))
+def _no_decay(config) -> None:
+  if config.optim.decay_steps:
+    raise ConfigError(f"config.optim.decay_steps does not apply to config.optim.schedule="
+                      f"'{config.optim.schedule}'; use step or warmup_step")
+
+
+SCHEDULES.register("constant", validate=lambda c: (_no_warmup(c), _no_decay(c)))(
+    lambda lr, steps, warmup, o: optax.constant_schedule(lr))
+SCHEDULES.register("cosine", validate=lambda c: (_no_warmup(c), _no_decay(c)))(
+    lambda lr, steps, warmup, o: optax.cosine_decay_schedule(lr, decay_steps=steps))
+SCHEDULES.register("warmup", validate=lambda c: (_needs_warmup(c), _no_decay(c)))(
+    lambda lr, steps, warmup, o: optax.join_schedules(
+        [optax.linear_schedule(lr * o.warmup_from, lr, warmup), optax.constant_schedule(lr)],
+        [warmup]))
+SCHEDULES.register("warmup_cosine", validate=lambda c: (_needs_warmup(c), _no_decay(c)))(
+    lambda lr, steps, warmup, o: optax.warmup_cosine_decay_schedule(
+        lr * o.warmup_from, lr, warmup, max(steps, warmup + 1)))
+
+
+def _step_decay(lr, o):
+  """lr times decay_factor at each of decay_steps (e.g. x0.1 at epochs 30, 60, 80)."""
+  return optax.piecewise_constant_schedule(lr, {int(b): o.decay_factor for b in o.decay_steps})
+
+
+def _needs_decay_steps(config) -> None:
+  o = config.optim
+  if not o.decay_steps:
+    raise ConfigError(f"config.optim.schedule='{o.schedule}' needs config.optim.decay_steps, "
+                      "e.g. (3000, 6000)")
+  if list(o.decay_steps) != sorted(o.decay_steps) or min(o.decay_steps) <= 0:
+    raise ConfigError(f"config.optim.decay_steps must be increasing positive updates, got "
+                      f"{tuple(o.decay_steps)}")
+  if not 0 < o.decay_factor < 1:
+    raise ConfigError(f"config.optim.decay_factor must be in (0, 1), got {o.decay_factor}")
+
+
+SCHEDULES.register("step", validate=lambda c: (_no_warmup(c), _needs_decay_steps(c)))(
+    lambda lr, steps, warmup, o: _step_decay(lr, o))
+SCHEDULES.register("warmup_step",
+                   validate=lambda c: (_needs_warmup(c), _needs_decay_steps(c)))(
+    lambda lr, steps, warmup, o: optax.join_schedules(
+        [optax.linear_schedule(lr * o.warmup_from, lr, warmup),
+         lambda t: _step_decay(lr, o)(t + warmup)], [warmup]))
 
 
 def schedule(config) -> optax.Schedule:
   """The learning rate as a function of the update count."""
   return SCHEDULES.get(config.optim.schedule)(
-      scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps)
+      scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps, config.optim)
 
 
 def _only(*fields):
@@ -71,8 +107,14 @@ def _only(*fields):
   return validate
 
 
-OPTIMIZERS.register("sgd", validate=_only("momentum", "nesterov"))(
-    lambda o, lr: optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+def _sgd(o, lr):
+  """SGD with optional momentum / Nesterov and weight decay (added to the gradient, so it is
+  scaled by the learning rate as in Goyal et al. 2017's recipe)."""
+  tx = optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov)
+  return optax.chain(optax.add_decayed_weights(o.weight_decay), tx) if o.weight_decay else tx
+
+
+OPTIMIZERS.register("sgd", validate=_only("momentum", "nesterov", "weight_decay"))(_sgd)
 OPTIMIZERS.register("adam", validate=_only())(lambda o, lr: optax.adam(lr))
 OPTIMIZERS.register("adamw", validate=_only("weight_decay"))(
     lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))

@@ -1,50 +1,111 @@
-"""Figures from metrics files: python -m pdist.plots DIR [DIR ...] [--x step|epoch|sim_time] [--out PNG]
+"""Figures from metrics files: python -m pdist.plots DIR [DIR ...] [--x step|epoch|sim_time|...]
+[--out PNG]
 
-Draws training loss, eval loss and eval accuracy of one or several runs side by side; the PNG goes
-to the first workdir (curves.png) unless --out says otherwise.
+Draws the panels the runs have data for — train and eval loss, train and eval accuracy, and when
+present the parameter server's staleness, a private run's epsilon, a compressed run's bytes per
+update — with one legend for the figure. One run's figure goes to DIR/curves.png; several runs
+need --out (so no run's own figure is overwritten by a comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from pdist import metrics
 
-PANELS = (("loss", "train loss"), ("eval_loss", "eval loss"), ("eval_accuracy", "eval accuracy"))
+# (metric, panel title, log y axis)
+PANELS = (("loss", "train loss", True), ("eval_loss", "eval loss", True),
+          ("excess_loss", "excess loss (training set, over the optimum)", True),
+          ("accuracy", "train accuracy", False), ("eval_accuracy", "eval accuracy", False),
+          ("staleness_mean", "staleness (mean per row)", False),
+          ("epsilon", "privacy spent: epsilon", False),
+          ("bytes_up", "bytes sent per update", True))
+X_LABELS = {"step": "updates", "sim_time": "simulated time", "epoch": "epochs",
+            "bytes_pushed": "bytes pushed (all workers)", "wall_time": "wall-clock seconds"}
+
+
+def plain_ticks(axis, log: bool, span: tuple[float, float] | None = None) -> None:
+  """Tick labels as plain numbers (0.2, 0.5, 1, 2; 1e+06 for wide ranges), not 2x10^-1."""
+  import math
+
+  import matplotlib.ticker as ticker
+  if log:
+    lo, hi = span or (1.0, 10.0)
+    decades = math.log10(max(hi, 1e-300) / max(lo, 1e-300)) if lo > 0 else 99
+    subs = ((1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.7, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+            if decades <= 0.5 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades <= 1.5 else
+            (1.0, 2.0, 5.0) if decades <= 4 else (1.0,))
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=16))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs="auto"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _label(workdir: str) -> str:
+  """The run's name, marked when its summary says it diverged."""
+  name = os.path.basename(os.path.normpath(workdir))
+  try:
+    with open(os.path.join(workdir, "summary.json")) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return name
+  if summary.get("status") == "diverged":
+    return f"{name} (diverged at {summary.get('diverged_at')})"
+  return name
 
 
 def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
               labels: list[str] | None = None, log_loss: bool = True) -> str:
-  """Writes the curves of `workdirs` to a PNG and returns its path."""
+  """Writes the curves of `workdirs` to a PNG and returns its path (default: the one run's
+  DIR/curves.png, or DIR/curves_<x>.png for another x axis)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import numpy as np
 
-  runs = [(labels[i] if labels else os.path.basename(os.path.normpath(d)), metrics.read(d))
-          for i, d in enumerate(workdirs)]
-  panels = [p for p in PANELS if any(p[0] in r for _, rows in runs for r in rows)]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-  for ax, (key, title) in zip(axes[0], panels):
-    for label, rows in runs:
-      pts = [(r[x], r[key]) for r in rows if key in r and x in r and isinstance(r[key], float)]
+  if out is None and len(workdirs) > 1:
+    raise ValueError("several runs: say where the figure goes (out=...)")
+  runs = [(labels[i] if labels else _label(d), metrics.read(d)) for i, d in enumerate(workdirs)]
+  present = {k for _, rows in runs for r in rows for k, v in r.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  panels = [p for p in PANELS if p[0] in present]
+  cols = min(3, len(panels)) or 1
+  nrows = -(-len(panels) // cols) or 1
+  fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.3 * nrows + 0.6), squeeze=False)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, (key, title, log) in zip(axes.flat, panels):
+    for i, (label, rows) in enumerate(runs):
+      pts = [(r[x], r[key]) for r in rows if isinstance(r.get(key), (int, float))
+             and isinstance(r.get(x), (int, float))]
       if pts:
-        ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label)
-    ax.set_title(title)
-    ax.set_xlabel({"step": "updates", "sim_time": "simulated time", "epoch": "epochs",
-                   "bytes_pushed": "bytes pushed (all workers)"}.get(x, x))
-    if log_loss and "loss" in key:
+        ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=label,
+                color=colors[i % len(colors)])
+        band = [(r[x], r[key], r[f"{key}_std"]) for r in rows
+                if isinstance(r.get(f"{key}_std"), (int, float)) and isinstance(r.get(key), float)]
+        if band:  # several seeds: the mean +/- one standard deviation
+          xs, mean, std = (np.asarray(v) for v in zip(*band))
+          ax.fill_between(xs, np.maximum(mean - std, 1e-12 if log else -np.inf), mean + std,
+                          color=colors[i % len(colors)], alpha=0.2, linewidth=0)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(X_LABELS.get(x, x))
+    if log and (log_loss or "loss" not in key):
       ax.set_yscale("log")
     if x == "bytes_pushed":  # compressors differ by orders of magnitude
       ax.set_xscale("log")
+    plain_ticks(ax.yaxis, log and (log_loss or "loss" not in key), ax.get_ylim())
+    plain_ticks(ax.xaxis, x == "bytes_pushed", ax.get_xlim())
     ax.grid(alpha=0.3)
-  shown = set(axes[0][0].get_legend_handles_labels()[1])
-  for label, _ in runs:  # a run with nothing to draw (e.g. diverged at once) is still named
-    if label not in shown:
-      axes[0][0].plot([], [], " ", label=label)
-  axes[0][0].legend(fontsize=8)
-  fig.tight_layout()
+  for ax in list(axes.flat)[len(panels):]:
+    ax.set_visible(False)
+  # one legend for the figure, naming every run (one with nothing to draw is still listed)
+  handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=label)
+             for i, (label, _) in enumerate(runs)]
+  fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.05 + 0.03 * ((len(handles) - 1) // 5), 1, 1))
   out = out or os.path.join(workdirs[0], "curves.png" if x == "step" else f"curves_{x}.png")
   fig.savefig(out, dpi=110)
   plt.close(fig)
@@ -71,9 +132,7 @@ def plot_tradeoff(summaries: list[dict], out: str, x: str = "epsilon", y: str = 
       ax.axhline(s[y], color="gray", linestyle="--", label=f"{s.get('variant', 'reference')} "
                                                           f"({s[y]:.3f})")
   ax.set_xscale("log")
-  ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-  ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  plain_ticks(ax.xaxis, True)
   deltas = {s.get("privacy", {}).get("delta") for s in summaries} - {None}
   if len(deltas) == 1:
     ax.set_title(f"privacy-utility trade-off (delta = {deltas.pop():g})", fontsize=10)
@@ -109,13 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pdist.plots: error: --x {args.x} is not in these metrics; choose from: "
           f"{', '.join(numeric)}", file=sys.stderr)
     return 2
+  if len(args.workdirs) > 1 and args.out is None:
+    print("pdist.plots: error: several runs: say where the comparison goes with --out FILE.png "
+          "(each run's own curves.png is left alone)", file=sys.stderr)
+    return 2
+  target = args.out or os.path.join(args.workdirs[0],
+                                    "curves.png" if args.x == "step" else f"curves_{args.x}.png")
+  replaced = os.path.exists(target)
   try:
     out = plot_runs(args.workdirs, args.out, args.x, labels)
   except OSError as e:
     print(f"pdist.plots: error: cannot write {e.filename or args.out}: {e.strerror}",
           file=sys.stderr)
     return 2
-  print(f"pdist.plots: wrote {out}")
+  print(f"pdist.plots: wrote {out}" + (" (replacing the earlier figure)" if replaced else ""))
   return 0
 
 

@@ -142,6 +142,31 @@ def build(config, dataset: Dataset) -> Task:
     return scored(apply_fn, params, batch, rng)
 
   loss = batch_mean(per_example_loss)
+  evaluate = _evaluator(loss, dataset.x_test, dataset.y_test)
+  on_train = _evaluator(loss, dataset.x_train, dataset.y_train)
+  optimum = None
+  if dataset.kind == "regression" and config.model.name == "linear":
+    optimum = least_squares_optimum(dataset.x_train, dataset.y_train)
+
+  def evaluate_all(params) -> dict[str, float]:
+    out = evaluate(params)
+    if config.train.eval_train or optimum is not None:
+      train_metrics = on_train(params)
+      out.update({k.replace("eval_", "train_eval_"): v for k, v in train_metrics.items()})
+      if optimum is not None:
+        out["excess_loss"] = train_metrics["eval_loss"] - optimum
+    return out
+
   # jitted: Flax's init run op by op would compile dozens of small kernels
-  return Task(dataset.kind, jax.jit(init), loss, _evaluator(loss, dataset.x_test, dataset.y_test),
-              dataset, apply=apply_fn, per_example_loss=per_example_loss)
+  return Task(dataset.kind, jax.jit(init), loss, evaluate_all, dataset, apply=apply_fn,
+              per_example_loss=per_example_loss)
+
+
+def least_squares_optimum(x: np.ndarray, y: np.ndarray) -> float:
+  """min over (W, b) of mean over examples of mean((x W + b - y)^2): the training loss of the
+  exact least-squares solution (computed in float64), the floor that `excess_loss` is measured
+  from for a linear model."""
+  xs = np.concatenate([x.reshape(len(x), -1).astype(np.float64), np.ones((len(x), 1))], axis=1)
+  ys = y.reshape(len(y), -1).astype(np.float64)
+  w, *_ = np.linalg.lstsq(xs, ys, rcond=None)
+  return float(np.mean((xs @ w - ys) ** 2))

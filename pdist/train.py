@@ -238,7 +238,7 @@ def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float) -> dict[str, 
     row["epoch"] = r.step * r.strategy.examples_per_update(config) / r.dataset.num_train
   eval_every = config.train.eval_every
   if (eval_every and r.step % eval_every == 0) or r.step == config.train.steps:
-    row.update(r.task.evaluate(r.strategy.params(r.state)))
+    row.update(r.strategy.evaluate(r.state))
   row["steps_per_sec"] = n / elapsed
   row["wall_time"] = time.perf_counter() - r.started
   return row

@@ -70,9 +70,12 @@ def test_plot_overlays_several_runs(tmp_path):
     c.train.progress, c.optim.learning_rate = False, lr
     train.run(c, d)
     dirs.append(d)
-  out = plots.plot_runs(dirs, labels=["lr 0.01", "lr 0.001"])
-  assert out == os.path.join(dirs[0], "curves.png") and os.path.getsize(out) > 10_000
+  out = plots.plot_runs(dirs, str(tmp_path / "both.png"), labels=["lr 0.01", "lr 0.001"])
+  assert out == str(tmp_path / "both.png") and os.path.getsize(out) > 10_000
   assert plots.main([str(tmp_path / "missing")]) == 2
+  assert plots.main(dirs) == 2  # several runs need --out: no run's own figure is overwritten
+  assert not os.path.exists(os.path.join(dirs[0], "curves.png"))
+  assert plots.main([*dirs, "--out", str(tmp_path / "cmp.png")]) == 0
 
 
 def test_sweep_runs_every_variant_and_plots(tmp_path):

@@ -86,6 +86,28 @@ def test_schedules(schedule, expected):
                               if schedule != "warmup" else lr(10)], expected, atol=1e-6)
 
 
+def test_step_decay_and_warmup_from_a_fraction_of_the_rate():
+  """Goyal et al. 2017's recipe: warmup from lr/k over 5 updates, then x0.1 at 10 and 20."""
+  c = _config(optim__learning_rate=1.0, optim__schedule="warmup_step", optim__warmup_steps=5,
+              optim__warmup_from=0.125, train__steps=30)
+  c.optim.decay_steps = (10, 20)
+  lr = optim.schedule(c)
+  np.testing.assert_allclose([lr(0), lr(5), lr(9), lr(10), lr(19), lr(20), lr(29)],
+                             [0.125, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+  c.optim.schedule, c.optim.warmup_steps, c.optim.warmup_from = "step", 0, 0.0
+  lr = optim.schedule(c)
+  np.testing.assert_allclose([lr(0), lr(10), lr(25)], [1.0, 0.1, 0.01], rtol=1e-6)
+
+
+def test_sgd_weight_decay_adds_lambda_theta_to_the_gradient():
+  c = _config(optim__name="sgd", optim__learning_rate=0.1, optim__weight_decay=0.01)
+  tx = optim.build(c)
+  p, g = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.5])}
+  updates, _ = tx.update(g, tx.init(p), p)
+  np.testing.assert_allclose(updates["w"], -0.1 * (np.array([0.5, 0.5]) + 0.01 * np.array([1.0, -2.0])),
+                             rtol=1e-6)
+
+
 def test_one_update_is_heavy_ball_momentum_on_the_batch():
   """Single.update on a hand-built batch, twice, against v <- m v + g; theta <- theta - lr v."""
   c = _config(optim__name="sgd", optim__learning_rate=0.1, optim__momentum=0.9)
@@ -137,3 +159,42 @@ def test_every_dataset_model_pair_trains(dataset, model):
       r.strategy.task.init(jax.random.PRNGKey(0)),
       {"x": r.strategy.task.dataset.x_test, "y": r.strategy.task.dataset.y_test}, None)[0])
   assert r.summary["eval_loss"] < first_loss
+
+
+def test_excess_loss_is_zero_at_the_least_squares_solution_and_positive_elsewhere():
+  c = load_experiment("least_squares", "tiny")
+  c.train.progress = False
+  task = tasks.build(c, data.load(c.data))
+  ds = task.dataset
+  xs = np.concatenate([ds.x_train.astype(np.float64), np.ones((ds.num_train, 1))], axis=1)
+  w, *_ = np.linalg.lstsq(xs, ds.y_train.astype(np.float64), rcond=None)
+  params = task.init(jax.random.PRNGKey(0))
+  best = {"Dense_0": {"kernel": jnp.asarray(w[:-1], jnp.float32),
+                      "bias": jnp.asarray(w[-1], jnp.float32)}}
+  assert abs(task.evaluate(best)["excess_loss"]) < 1e-6
+  assert task.evaluate(params)["excess_loss"] > 0.1
+  rows = train.run(c).rows
+  assert [r["excess_loss"] for r in rows if "excess_loss" in r][-1] < 0.05
+
+
+def test_vmapped_seeds_are_the_separate_runs(tmp_path):
+  """train.seeds=3 in one program: copy i equals the run with seed i, row by row."""
+  c = _config(optim__name="sgd", optim__learning_rate=0.05, train__steps=20, train__log_every=10,
+              train__eval_every=10)
+  c.train.seeds = 3
+  together = train.run(c, str(tmp_path / "three"))
+  for i in range(3):
+    c1 = _config(optim__name="sgd", optim__learning_rate=0.05, train__steps=20,
+                 train__log_every=10, train__eval_every=10)
+    c1.train.seed = i
+    alone = train.run(c1)
+    mine = jax.tree.map(lambda x: x[i], together.params)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(alone.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for row_t, row_a in zip(together.rows, alone.rows):
+      for key in ("loss", "accuracy", "eval_loss", "eval_accuracy"):
+        assert row_t[f"{key}_seeds"][i] == pytest.approx(row_a[key], rel=1e-5, abs=1e-6)
+  last = together.rows[-1]
+  assert last["eval_accuracy"] == pytest.approx(np.mean(last["eval_accuracy_seeds"]))
+  assert last["eval_accuracy_std"] == pytest.approx(np.std(last["eval_accuracy_seeds"]))
+  assert last["eval_accuracy_std"] > 0  # the seeds really differ

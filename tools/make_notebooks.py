@@ -1,9 +1,12 @@
-"""Writes the notebooks under notebooks/ from the cell sources below (unexecuted).
+"""Writes the notebooks under notebooks/ from the cell sources below, executed, with their outputs
+(so a reader sees the curves without running anything).
 
-Notebooks hold no logic of their own: they call pdist's API. tests/test_notebooks.py executes them.
-  python tools/make_notebooks.py
+Notebooks hold no logic of their own: they call pdist's API, work in a temporary folder and remove
+it at the end. tests/test_notebooks.py executes them again.
+  make notebooks        (= .venv/bin/python tools/make_notebooks.py)
 """
 
+import functools
 import os
 
 import nbformat
@@ -164,6 +167,7 @@ RECOVERY = [
         "assert [r['step'] for r in metrics.read(interrupted_dir)] == [r['step'] for r in straight.rows]"),
     new_code_cell(
         "png = plots.plot_runs([os.path.join(workdir, 'uninterrupted'), interrupted_dir],\n"
+        "                      os.path.join(workdir, 'both.png'),\n"
         "                      labels=['uninterrupted', 'interrupted + resumed'])\n"
         "display(Image(png))"),
 ]
@@ -195,7 +199,7 @@ COMPRESSION = [
         "g = {'w': jax.random.normal(jax.random.PRNGKey(0), (10,))}\n"
         "ef = base.compression_transform(topk.make(config_lib.load(spec + ':topk', ['--config.compression.ratio=0.1'])), True, g)\n"
         "sent, state, stats = ef.update(g, ef.init(g), None, jax.random.PRNGKey(1))\n"
-        "show = lambda x: jax.numpy.round(x, 2).tolist()\n"
+        "show = lambda x: [round(float(v), 2) for v in x]\n"
         "print('gradient', show(g['w']))\n"
         "print('sent    ', show(sent['w']))\n"
         "print('residual', show(state['residual']['w']))\n"
@@ -222,16 +226,32 @@ COMPRESSION = [
 ]
 
 
-def write(name, cells):
-  nb = new_notebook(cells=cells, metadata={
+CLEAN_UP = new_code_cell("import shutil\nshutil.rmtree(workdir)  # this notebook's temporary runs")
+
+
+def write(name, cells, execute: bool = True):
+  nb = new_notebook(cells=cells + [CLEAN_UP], metadata={
       "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
       "language_info": {"name": "python"}})
+  for i, cell in enumerate(nb.cells):  # stable ids: regenerating changes only what changed
+    cell["id"] = f"{os.path.splitext(name)[0]}-{i}"
+  if execute:
+    from nbclient import NotebookClient
+    env = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env if env else "")
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
+    for cell in nb.cells:  # keep outputs, drop timing metadata that changes on every run
+      cell.get("metadata", {}).pop("execution", None)
   path = os.path.join(ROOT, "notebooks", name)
   nbformat.write(nb, path)
   print("wrote", path)
 
 
 if __name__ == "__main__":
+  import sys
+  if "--no-execute" in sys.argv:
+    write = functools.partial(write, execute=False)  # noqa: F811
   write("01_quickstart.ipynb", QUICKSTART)
   write("02_parameter_server.ipynb", PARAMETER_SERVER)
   write("03_recovery.ipynb", RECOVERY)

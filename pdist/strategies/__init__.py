@@ -9,10 +9,14 @@ from __future__ import annotations
 from pdist.registry import STRATEGIES
 from pdist.strategies import ps, single, sync  # noqa: F401  (each registers itself)
 from pdist.strategies.base import Strategy
+from pdist.strategies.seeds import Seeds
 
 
 def build(config, task, pipeline=None) -> Strategy:
-  """The strategy named by `config.strategy`, for `task` (and an optional gradient pipeline)."""
+  """The strategy named by `config.strategy`, for `task` (and an optional gradient pipeline);
+  with config.train.seeds > 1, that many vmapped copies of it (see seeds.py)."""
+  if config.train.seeds > 1:
+    return Seeds(config, task, pipeline=pipeline)
   return STRATEGIES.get(config.strategy)(config, task, pipeline=pipeline)
 
 

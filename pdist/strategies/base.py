@@ -45,6 +45,10 @@ class Strategy(abc.ABC):
   def params(self, state: State) -> Any:
     return state["params"]
 
+  def evaluate(self, state: State) -> dict[str, float]:
+    """The task's held-out metrics at this state's parameters."""
+    return self.task.evaluate(self.params(state))
+
   def host_state(self) -> dict:
     """The JSON-able part of the state that lives on the host (none for most strategies)."""
     return {}
