@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/mnist1d_cnn
 
-.PHONY: run test bench notebooks venv clean
+.PHONY: run test bench notebooks reproduce venv clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+reproduce: $(STAMP)
+	$(PY) -m pdist.reproduce --workdir runs/reproduce
 
 notebooks: $(STAMP)
 	$(PY) tools/make_notebooks.py

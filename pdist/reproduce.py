@@ -1,0 +1,90 @@
+"""python -m pdist.reproduce [--tiny] [--only NAME ...] [--workdir DIR]
+
+Runs every paper reproduction under experiments/papers/ and prints, per claim, the published
+claim, pdist's measured mean +/- std over seeds and whether it falls in the stated range. Each
+file there names the paper and the result (PAPER), its claims with an expected range (CLAIMS:
+name, claim, metric, low, high) and `run(workdir, tiny, train, config_lib, root)`, which returns
+the per-seed values of each claim. Writes DIR/reproduce.json; exits 0 when every claim holds, 1
+otherwise. `--tiny` runs each in seconds (a check of the machinery; its numbers are not the
+claims').
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+from pdist import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPERS = os.path.join(ROOT, "experiments", "papers")
+
+
+def verdict(values: list[float], low: float, high: float) -> dict:
+  """mean, std over seeds, and whether the mean lies in [low, high]."""
+  n = len(values)
+  mean = sum(values) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+  return {"mean": mean, "std": std, "seeds": n, "values": list(values),
+          "passed": bool(low <= mean <= high)}
+
+
+def reproduce(workdir: str, tiny: bool = False, only: list[str] | None = None,
+              log=print) -> list[dict]:
+  from pdist import train
+  rows = []
+  for path in sorted(glob.glob(os.path.join(PAPERS, "*.py"))):
+    name = os.path.basename(path)[:-3]
+    if only and name not in only:
+      continue
+    module, _ = config_lib.load_experiment(path)
+    log(f"pdist.reproduce: {name}: {module.PAPER}")
+    measured = module.run(os.path.join(workdir, name), tiny, train, config_lib, ROOT)
+    for claim in module.CLAIMS:
+      rows.append({"paper": name, **claim,
+                   **verdict(measured[claim["name"]], claim["low"], claim["high"])})
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  lines = [f"{'paper':28s} {'claim':66s} {'expected':>18s} {'measured (mean ± std)':>26s}  result"]
+  for r in rows:
+    expected = f"[{r['low']:g}, {r['high']:g}]"
+    measured = f"{r['mean']:.4g} ± {r['std']:.2g} (n={r['seeds']})"
+    lines.append(f"{r['paper'][:28]:28s} {r['claim'][:66]:66s} {expected:>18s} {measured:>26s}  "
+                 f"{'pass' if r['passed'] else 'FAIL'}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m pdist.reproduce", description=__doc__.split(
+      "\n\n")[1].replace("\n", " "))
+  parser.add_argument("--workdir", default="runs/reproduce", help="where the runs go")
+  parser.add_argument("--tiny", action="store_true", help="seconds-long versions (machinery only)")
+  parser.add_argument("--only", nargs="*", default=None, help="paper file names to run")
+  args = parser.parse_args(argv)
+  known = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(PAPERS, "*.py")))
+  unknown = sorted(set(args.only or ()) - set(known))
+  if unknown:
+    print(f"pdist.reproduce: error: no reproduction named {', '.join(unknown)}; choose from: "
+          f"{', '.join(known)}", file=sys.stderr)
+    return 2
+  try:
+    rows = reproduce(args.workdir, args.tiny, args.only,
+                     log=lambda msg: print(msg, file=sys.stderr))
+  except config_lib.ConfigError as e:
+    print(f"pdist.reproduce: error: {e}", file=sys.stderr)
+    return 2
+  os.makedirs(args.workdir, exist_ok=True)
+  with open(os.path.join(args.workdir, "reproduce.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  print(table(rows))
+  return 0 if all(r["passed"] for r in rows) or args.tiny else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
