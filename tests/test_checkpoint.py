@@ -255,6 +255,7 @@ def test_bad_key_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's reads
 def test_a_flipped_byte_in_any_file_of_a_plain_checkpoint_never_changes_the_run(tmp_path, capsys):
   """Every file of the newest checkpoint in turn gets one byte flipped: the run either detects it
   (one line, falls back to the previous checkpoint) or the byte did not matter; either way the
