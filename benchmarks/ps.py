@@ -2,8 +2,8 @@
 
 Workload: MLP 784-512-512-10, synthetic teacher data, batch 64 per worker, SGD lr 0.05 momentum
 0.9. pdist `ps` with async K = 4, 64, 256 and bsp K = 4 (steady state of train.run's loop, read
-off its metrics), and in the same process a minimal hand-written jitted single-device SGD step at
-batch 64 (the floor). Also the peak resident memory of a K = 256 run (measured in a fresh
+off its metrics), and in the same process the floor: a jitted lax.scan of plain SGD at batch 64,
+buffers donated, data on the device (common.scan_floor_rate). Also the peak resident memory of a K = 256 run (measured in a fresh
 subprocess). Prints one JSON line.
 
   python benchmarks/ps.py [--steps 1000]
@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from common import PEAK_RSS_MB, ROOT, mlp_config, report  # noqa: F401
-from single_device import floor_rate
+from common import scan_floor_rate
 
 
 def ps_config(workers: int, consistency: str, steps: int):
@@ -60,7 +60,8 @@ def main():
   args = parser.parse_args()
   floor, out = 0.0, {}
   for k in (4, 64, 256):  # the floor is measured between the runs, so noise hits both sides
-    floor = max(floor, floor_rate(mlp_config(batch_size=64, steps=args.steps), args.steps))
+    floor = max(floor, scan_floor_rate(mlp_config(batch_size=64, steps=args.steps), args.steps,
+                                       repeats=1))
     out[f"async{k}_updates_per_sec"] = ps_rate(k, "async", args.steps)
   out["bsp4_updates_per_sec"] = ps_rate(4, "bsp", args.steps)
   out["floor_steps_per_sec"] = floor

@@ -226,54 +226,86 @@ def _resume(r: _Run) -> None:
           "runs it again)")
 
 
-def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float) -> dict[str, Any]:
-  """The metrics row after `n` more updates (evaluating when due); raises Diverged if the loss
-  is not finite."""
+def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float, step: int,
+         with_state: bool) -> dict[str, Any]:
+  """The metrics row after update `step` (evaluating when due, which needs `with_state`: the
+  current state is that of `step`); raises Diverged if the loss is not finite."""
   config = r.config
   loss = chunk.get("loss", float("nan"))
   if not math.isfinite(loss):
-    raise Diverged(r.step, loss, config.optim.learning_rate)
-  row = {"step": r.step, **chunk}
+    raise Diverged(step, loss, config.optim.learning_rate)
+  row = {"step": step, **chunk}
   if r.dataset.num_train:
-    row["epoch"] = r.step * r.strategy.examples_per_update(config) / r.dataset.num_train
+    row["epoch"] = step * r.strategy.examples_per_update(config) / r.dataset.num_train
   eval_every = config.train.eval_every
-  if (eval_every and r.step % eval_every == 0) or r.step == config.train.steps:
+  if with_state and ((eval_every and step % eval_every == 0) or step == config.train.steps):
     row.update(r.strategy.evaluate(r.state))
   row["steps_per_sec"] = n / elapsed
   row["wall_time"] = time.perf_counter() - r.started
   return row
 
 
+def _needs_state(r: _Run, step: int, stop) -> bool:
+  """Whether the state right after `step` is needed before the next chunk is queued: to
+  evaluate, to checkpoint, at the end, or on a signal."""
+  config, every = r.config, r.config.checkpoint.every
+  return (step == config.train.steps or stop.signum is not None
+          or (config.train.eval_every and step % config.train.eval_every == 0)
+          or (r.ckpt is not None and every and step % every == 0))
+
+
 def _loop(r: _Run, stop) -> None:
   """Runs updates up to the next log / eval / checkpoint stop until train.steps, writing a row and
-  saving checkpoints at each stop; SIGTERM / SIGINT save a checkpoint and raise Preempted."""
+  saving checkpoints at each stop; SIGTERM / SIGINT save a checkpoint and raise Preempted.
+
+  The device never waits for the host between plain log rows: the next chunk is queued before
+  the previous chunk's metrics are read and written (one chunk in flight at most). Where the state
+  itself is needed (evaluation, checkpoint, the end, a signal) the loop waits for it first.
+  """
   config, steps, every = r.config, r.config.train.steps, r.config.checkpoint.every
   bar = metrics.progress(steps, initial=r.step,
                          enabled=config.train.progress and jax.process_index() == 0)
   r.started = time.perf_counter()
+  last = [time.perf_counter()]
+
+  def finish(pending, n: int, step: int, with_state: bool) -> dict[str, Any]:
+    chunk = r.strategy.collect(pending)
+    now = time.perf_counter()
+    row = _row(r, chunk, n, now - last[0], step, with_state)
+    last[0] = now
+    r.rows.append(row)
+    if r.writer:
+      r.writer.write(row)
+    r.last_row = row
+    bar.update(n)
+    bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
+                    **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
+    return row
+
+  in_flight = None  # (pending, n, step) of a queued chunk whose row is not written yet
   try:
     while r.step < steps:
       n = _next_stop(r.step, config) - r.step
-      t0 = time.perf_counter()
-      r.state, chunk = r.strategy.run(r.state, n)
+      r.state, pending = r.strategy.dispatch(r.state, n)
       r.step += n
-      row = _row(r, chunk, n, time.perf_counter() - t0)
-      r.rows.append(row)
-      if r.writer:
-        r.writer.write(row)
-      r.last_row = row
+      if in_flight is not None:  # the previous chunk's row, while this one runs
+        finish(*in_flight, with_state=False)
+        in_flight = None
+      if not _needs_state(r, r.step, stop):
+        in_flight = (pending, n, r.step)
+        continue
+      finish(pending, n, r.step, with_state=True)
       if r.ckpt is not None and ((every and r.step % every == 0) or r.step == steps and every
                                  or stop.signum is not None):
         r.ckpt.save(r.step, r.state, r.strategy.host_state(), config.to_dict())
         r.log(f"pdist: checkpoint at update {r.step}")
-      bar.update(n)
-      bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
-                      **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
       if stop.signum is not None and r.step < steps:
         if r.ckpt is None:
           raise KeyboardInterrupt
         r.ckpt.wait()
         raise Preempted(r.step, stop.signum)
+    if in_flight is not None:
+      finish(*in_flight, with_state=False)
   finally:
     bar.close()
 

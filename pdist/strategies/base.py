@@ -45,6 +45,15 @@ class Strategy(abc.ABC):
   def params(self, state: State) -> Any:
     return state["params"]
 
+  def dispatch(self, state: State, num_updates: int) -> tuple[State, Any]:
+    """Starts `num_updates` updates and returns (new state, a handle for `collect`) without
+    waiting for the device, where the strategy can; the default runs them to the end."""
+    return self.run(state, num_updates)
+
+  def collect(self, pending: Any) -> dict[str, float]:
+    """The host metrics of a dispatched chunk (waits for it)."""
+    return pending
+
   def evaluate(self, state: State) -> dict[str, float]:
     """The task's held-out metrics at this state's parameters."""
     return self.task.evaluate(self.params(state))

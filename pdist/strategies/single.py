@@ -128,10 +128,20 @@ class Single(base.Strategy):
                          num_steps=num_updates)
 
   def run(self, state, num_updates: int):
+    state, pending = self.dispatch(state, num_updates)
+    return state, self.collect(pending)
+
+  def dispatch(self, state, num_updates: int):
+    """Queues the chunk on the device and returns at once (JAX's asynchronous dispatch), so the
+    train loop can write the previous chunk's row while this one runs."""
     step = self.step(state)
     idx = self.indices(step, num_updates)
     state, metrics = self._chunk(state, self.data, idx, num_updates)
-    return state, self.host_metrics(metrics, step + num_updates)
+    return state, (metrics, step + num_updates)
+
+  def collect(self, pending):
+    metrics, step = pending
+    return self.host_metrics(metrics, step)
 
   def host_metrics(self, metrics, step: int) -> dict[str, float]:
     """The chunk's metrics on the host, plus the privacy budget spent by `step`."""

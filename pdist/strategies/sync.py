@@ -20,8 +20,9 @@ device runs the local chain on its own gradient, before the all-reduce; the cent
 after it on the averaged gradient, with replicated state.
 
 Updates run in chunks (a `lax.scan` of a log interval inside one compiled call) and the host
-blocks on each chunk's metrics, which also keeps collectives from piling up (docs/ARCHITECTURE.md,
-sharp edges: many collectives dispatched back to back on emulated CPU devices abort the process).
+reads each chunk's metrics at most one chunk later, which also keeps collectives from piling up
+(docs/ARCHITECTURE.md, sharp edges: many collectives dispatched back to back on emulated CPU
+devices abort the process).
 """
 
 from __future__ import annotations
@@ -141,7 +142,10 @@ class Sync(Single):
   def batch_shards(self) -> int:
     return self.num_devices
 
-  def run(self, state, num_updates: int):
+  def dispatch(self, state, num_updates: int):
+    # at most one chunk in flight beyond the one being collected: the train loop reads each
+    # chunk's metrics right after queueing the next, which bounds how many collectives are
+    # queued (back-to-back collectives on emulated CPU devices abort; see the sharp edges)
     step = self.step(state)
     idx = self.indices(step, num_updates)
     if self.backend == "shard_map":
@@ -150,7 +154,7 @@ class Sync(Single):
       state, metrics = self._chunk(state, self.data, idx, num_updates)
     else:
       state, metrics = self._run_pmap(state, idx, num_updates)
-    return state, self.host_metrics(metrics, step + num_updates)
+    return state, (metrics, step + num_updates)
 
   def _stack_on_devices(self, x):
     """One copy of host array x per device, as a [devices, ...] array (pmap's layout)."""
