@@ -267,3 +267,39 @@ def test_simulator_state_round_trips_through_json():
 def test_ps_config_errors(fields, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     train.run(_config(**fields))
+
+
+@pytest.mark.parametrize("fields", [
+    dict(ps__workers=3, ps__consistency="async", ps__staleness_lr="inverse",
+         ps__compute_time__dist="lognormal", ps__compute_time__spread=0.7),
+    dict(ps__workers=4, ps__consistency="ssp", ps__max_staleness=1,
+         ps__stragglers__fraction=0.25, ps__stragglers__factor=4.0,
+         ps__failures__at=((2.5, 1),)),
+    dict(ps__workers=3, ps__consistency="async", compression__name="topk",
+         compression__ratio=0.1),  # per-worker pipeline state, selected slice by slice
+])
+def test_branch_free_replay_equals_the_cond_replay(fields):
+  """The accelerator replay (no lax.cond, results kept by selection) against the CPU one: the
+  same parameters and rows to float rounding (XLA fuses the two programs differently), through
+  pull-only, apply-only (ssp waits, a crash) and padding steps."""
+  c = _config(steps=30, log_every=10, **fields)
+  task = tasks.build(c, data.load(c.data))
+  runs = []
+  for branch_free in (False, True):
+    strategy = strategies.ps.ParameterServerStrategy(c, task, branch_free=branch_free)
+    state = strategy.init(jax.random.PRNGKey(c.train.seed))
+    rows = []
+    for _ in range(3):
+      state, row = strategy.run(state, 10)
+      rows.append(row)
+    runs.append((state, rows))
+  (s0, r0), (s1, r1) = runs
+  assert max_diff(s0["params"], s1["params"]) < 1e-6
+  if jax.tree.leaves(s0["pipeline"]):
+    assert max_diff(s0["pipeline"], s1["pipeline"]) < 1e-6
+  assert max_diff(s0["slots"]["grads"], s1["slots"]["grads"]) < 1e-6
+  assert int(s0["step"]) == int(s1["step"]) == 30
+  for a, b in zip(r0, r1):
+    assert a.keys() == b.keys()
+    for key in a:
+      assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key

@@ -110,7 +110,10 @@ def _put(tree, i, values):
 @STRATEGIES.register("ps", config=ps_config, validate=validate_ps)
 class ParameterServerStrategy(base.Strategy):
 
-  def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
+  def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None,
+               branch_free: bool | None = None):
+    """`branch_free`: replay async/ssp ops without `lax.cond` (default: on accelerators, where
+    each cond copies its predicate to the host and drains the device; see _async_chunk)."""
     self.task = task
     self.ps = config.ps
     self.K = config.ps.workers
@@ -130,6 +133,7 @@ class ParameterServerStrategy(base.Strategy):
     self.sampler = None
     if arrays is not None:
       self.sampler = WorkerSampler(config.data, task.dataset, self.K, self.seed, self.batch_size)
+    self.branch_free = (jax.default_backend() != "cpu") if branch_free is None else branch_free
     self._chunk = jax.jit(self._bsp_chunk if self.bsp else self._async_chunk, donate_argnums=(0,))
 
   # -- state ----------------------------------------------------------------------------------------
@@ -209,6 +213,9 @@ class ParameterServerStrategy(base.Strategy):
     return grads, _put(local, worker, new), stats
 
   def _async_chunk(self, state, data, ops):
+    if self.branch_free:
+      return self._async_chunk_branch_free(state, data, ops)
+
     def body(state, op):
       a = op["apply_worker"]
 
@@ -239,6 +246,52 @@ class ParameterServerStrategy(base.Strategy):
     state, (per_step, applied) = jax.lax.scan(body, state, ops)
     weight = applied.astype(jnp.float32)
     return state, ({k: (v * weight).sum() for k, v in per_step.items()}, weight.sum())
+
+  def _async_chunk_branch_free(self, state, data, ops):
+    """The same replay with no data-dependent control flow: every step computes the apply (for
+    worker max(a, 0)) and the pull (for worker max(p, 0)) and keeps each result only where the op
+    has it, selecting at the size of one update (parameters, optimizer state, one slot, one local
+    pipeline slice) — never over all K slots. A no-op step still costs a gradient, which is why
+    intervals are cut so that padding is short. Equal to the cond replay to float rounding
+    (tested; XLA fuses the two programs differently)."""
+    def keep(pred, new, old):
+      return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+    def body(state, op):
+      a, p = op["apply_worker"], op["pull_worker"]
+      do_apply, do_pull = a >= 0, p >= 0
+      wa, wp = jnp.maximum(a, 0), jnp.maximum(p, 0)
+      # apply: worker wa's local pipeline on its slot, then the central pipeline and optimizer
+      local = state["pipeline"]["local"]
+      grads, new_slice, local_stats = self.pipeline.local.update(
+          _take(state["slots"]["grads"], wa), _take(local, wa), None,
+          jax.random.fold_in(self._pipeline_key(state), wa))
+      local = _put(local, wa, keep(do_apply, new_slice, _take(local, wa)))
+      applied, central_stats = self._apply(dict(state, pipeline=dict(state["pipeline"],
+                                                                     local=local)), grads,
+                                           op["scale"])
+      fields = ("params", "opt_state", "versions", "step")
+      state = dict(state, **keep(do_apply, {k: applied[k] for k in fields},
+                                 {k: state[k] for k in fields}),
+                   pipeline=dict(state["pipeline"], local=local,
+                                 central=keep(do_apply, applied["pipeline"]["central"],
+                                              state["pipeline"]["central"])))
+      metrics = {**_take(state["slots"]["metrics"], wa), **local_stats, **central_stats}
+      # pull: worker wp's next gradient at the (possibly just updated) parameters
+      batch = base.gather_batch(data, op.get("idx"))
+      grads, (loss, aux) = self._grad(state["params"], batch,
+                                      self._worker_rng(state, wp, op["pull_iteration"]))
+      slots = state["slots"]
+      new_grads = keep(do_pull, grads, _take(slots["grads"], wp))
+      new_metrics = keep(do_pull, {"loss": loss, **aux}, _take(slots["metrics"], wp))
+      state = dict(state, slots={"grads": _put(slots["grads"], wp, new_grads),
+                                 "metrics": _put(slots["metrics"], wp, new_metrics)})
+      return state, (metrics, do_apply)
+
+    state, (per_step, applied) = jax.lax.scan(body, state, ops)
+    weight = applied.astype(jnp.float32)
+    return state, ({k: jnp.where(applied, v, 0.0).sum() for k, v in per_step.items()},
+                   weight.sum())
 
   def _bsp_chunk(self, state, data, rounds):
     def body(state, rnd):
