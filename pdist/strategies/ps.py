@@ -9,7 +9,8 @@ interval:
   central pipeline, then the optimizer, scaled by 1/staleness under `staleness_lr=inverse`. Then it
   optionally lets one worker pull: its gradient on the server's current parameters — exactly its
   snapshot — and that gradient's loss go into its slot. One gradient per applied update, like
-  plain SGD, and the loss reported is that of the gradients applied.
+  plain SGD, and the loss reported is that of the gradients applied. On accelerators the same
+  step runs branch-free (no lax.cond; see _async_chunk_branch_free).
 - bsp (`BspRound`s): each scan step is one round: one gradient per worker that made the barrier
   (vmapped over their batches, all on the same version), each through that worker's local
   pipeline, averaged, then the central pipeline and one update. With an empty local pipeline the
