@@ -43,12 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist1d"
   c.data.batch_size = 128      # per update (single, sync); per worker gradient (ps)
-  c.data.num_train = 4000      # mnist1d / teacher: training examples generated
-  c.data.num_test = 1000       # mnist1d / teacher: test examples generated
-  c.data.dim = 784             # teacher: input dimension; quadratic: size of theta
-  c.data.num_classes = 10      # teacher: number of classes
-  c.data.parts = 1             # quadratic: theta stored as this many arrays (e.g. one per PS shard)
-  c.data.seed = 0              # teacher / regression: seed of the data (mnist1d uses its own)
+  # num_train, num_test, dim, num_classes, parts, seed: read by some datasets only; their
+  # defaults and which dataset reads which live with the datasets (data/datasets.py)
+  for field, default in data.datasets.DEFAULTS.items():
+    c.data[field] = default
   c.data.partition = "iid"     # how the training set is split over workers: iid / label /
                                # dirichlet, or shared (worker k takes slice k of one global batch)
   c.data.dirichlet_alpha = 0.5  # dirichlet: concentration; small = very non-iid

@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
-import numpy as np
 
 from pdist.registry import COMPRESSORS
 
@@ -90,13 +89,12 @@ class Pipeline(NamedTuple):
     central = transform if self.central is IDENTITY else chain(self.central, transform)
     return Pipeline(self.local, central, self.wire_bytes)
 
-  def push_bytes(self, params, shards: Sequence[Sequence[int]]) -> list[int]:
-    """Bytes of one worker's push per server shard (leaf indices per shard), after compression."""
-    leaves = jax.tree.leaves(params)
+  def push_bytes(self, params, shards: Sequence[Sequence[int]]) -> list[int] | None:
+    """Bytes of one worker's push per server shard (leaf indices per shard) after compression;
+    None when nothing compresses (a push is then the size of the parameters)."""
     if self.wire_bytes is None:
-      per_leaf = [4 * int(np.prod(np.shape(x), dtype=np.int64)) for x in leaves]
-    else:
-      per_leaf = self.wire_bytes(params)
+      return None
+    per_leaf = self.wire_bytes(params)
     return [sum(per_leaf[i] for i in shard) for shard in shards]
 
 

@@ -111,3 +111,12 @@ def check_positive(config, *dotted: str, allow_zero: bool = False) -> None:
     if value < 0 if allow_zero else value <= 0:
       need = "non-negative" if allow_zero else "positive"
       raise ConfigError(f"config.{name} must be {need}, got {value}")
+
+
+def check_unused_at_default(config, group: str, defaults, selector: str, advice: str) -> None:
+  """Fields of config.<group> other than `selector` must keep their `defaults` (a component that
+  is off must not be configured silently): one sentence naming the first field set."""
+  for field, default in defaults.items():
+    if field != selector and config[group][field] != default:
+      raise ConfigError(f"config.{group}.{field} is set but config.{group}.{selector}="
+                        f"'{config[group][selector]}'; {advice}")

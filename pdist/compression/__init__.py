@@ -21,7 +21,7 @@ import numpy as np
 
 from pdist.compression import base, int8, powersgd, qsgd, randomk, sign, topk
 from pdist.compression.base import Compressor, compression_transform, tree_wire_bytes
-from pdist.registry import COMPRESSORS, ConfigError
+from pdist.registry import COMPRESSORS, ConfigError, check_unused_at_default
 
 
 def compression_config() -> ml_collections.ConfigDict:
@@ -36,10 +36,8 @@ def compression_config() -> ml_collections.ConfigDict:
 
 
 def _validate_none(config) -> None:
-  for field, default in compression_config().items():
-    if field != "name" and config.compression[field] != default:
-      raise ConfigError(f"config.compression.{field} is set but config.compression.name='none'; "
-                        "choose a compressor or leave the field at its default")
+  check_unused_at_default(config, "compression", compression_config(), "name",
+                          "choose a compressor or leave the field at its default")
 
 
 def _validate_any(config) -> None:

@@ -123,8 +123,14 @@ def quadratic() -> Dataset:
 # -- registered loaders: name -> fn(config.data) -> Dataset, with the fields each one reads ----------
 # Shared fields a dataset does not read must stay at their defaults: a value set for another
 # dataset is refused rather than silently ignored.
-DEFAULTS = {"num_train": 4000, "num_test": 1000, "dim": 784, "num_classes": 10, "parts": 1,
-            "seed": 0}
+DEFAULTS = {
+    "num_train": 4000,   # training examples generated (mnist1d, teacher, regression; digits: a subset)
+    "num_test": 1000,    # test examples generated
+    "dim": 784,          # teacher / regression: input dimension; quadratic: size of theta
+    "num_classes": 10,   # teacher: number of classes
+    "parts": 1,          # quadratic: theta stored as this many arrays (e.g. one per PS shard)
+    "seed": 0,           # teacher / regression: seed of the data (mnist1d uses its own)
+}
 READS = {"mnist1d": ("num_train", "num_test"), "digits": ("num_train", "num_test"),
          "teacher": ("num_train", "num_test", "dim", "num_classes", "seed"),
          "regression": ("num_train", "num_test", "dim", "seed"), "quadratic": ("dim", "parts")}

@@ -32,7 +32,7 @@ import math
 import ml_collections
 
 from pdist.privacy import accounting, clipping, noise, sampling
-from pdist.registry import PRIVACY, ConfigError, check_choice
+from pdist.registry import PRIVACY, ConfigError, check_choice, check_unused_at_default
 
 SAMPLING = ("poisson", "shuffle")
 
@@ -51,11 +51,8 @@ def privacy_config() -> ml_collections.ConfigDict:
 
 
 def _validate_none(config) -> None:
-  defaults = privacy_config()
-  for field, default in defaults.items():
-    if field != "mechanism" and config.privacy[field] != default:
-      raise ConfigError(f"config.privacy.{field} is set but config.privacy.mechanism='none'; set "
-                        "config.privacy.mechanism='dpsgd' or leave the field at its default")
+  check_unused_at_default(config, "privacy", privacy_config(), "mechanism",
+                          "set config.privacy.mechanism='dpsgd' or leave the field at its default")
 
 
 def _validate_dpsgd(config) -> None:

@@ -206,11 +206,15 @@ class ParameterServerStrategy(base.Strategy):
                  pipeline=dict(state["pipeline"], central=central))
     return state, stats
 
-  def _local(self, state, grads, worker):
-    """Worker `worker`'s local pipeline on its gradient, with its own slice of the state."""
+  def _local(self, state, grads, worker, active=True):
+    """Worker `worker`'s local pipeline on its gradient, with its own slice of the state; the
+    slice is updated only where `active` (the branch-free replay computes every step)."""
     key = jax.random.fold_in(self._pipeline_key(state), worker)
     local = state["pipeline"]["local"]
-    grads, new, stats = self.pipeline.local.update(grads, _take(local, worker), None, key)
+    old = _take(local, worker)
+    grads, new, stats = self.pipeline.local.update(grads, old, None, key)
+    if active is not True:
+      new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
     return grads, _put(local, worker, new), stats
 
   def _async_chunk(self, state, data, ops):
@@ -263,11 +267,8 @@ class ParameterServerStrategy(base.Strategy):
       do_apply, do_pull = a >= 0, p >= 0
       wa, wp = jnp.maximum(a, 0), jnp.maximum(p, 0)
       # apply: worker wa's local pipeline on its slot, then the central pipeline and optimizer
-      local = state["pipeline"]["local"]
-      grads, new_slice, local_stats = self.pipeline.local.update(
-          _take(state["slots"]["grads"], wa), _take(local, wa), None,
-          jax.random.fold_in(self._pipeline_key(state), wa))
-      local = _put(local, wa, keep(do_apply, new_slice, _take(local, wa)))
+      grads, local, local_stats = self._local(state, _take(state["slots"]["grads"], wa), wa,
+                                              active=do_apply)
       applied, central_stats = self._apply(dict(state, pipeline=dict(state["pipeline"],
                                                                      local=local)), grads,
                                            op["scale"])
