@@ -22,10 +22,7 @@ import jax
 from pdist import config as config_lib
 from pdist import data, metrics, strategies, tasks
 from pdist import workdir as workdir_lib
-
-
-class TrainingError(RuntimeError):
-  """Training cannot go on; the message says where and why."""
+from pdist.errors import TrainingError
 
 
 class Diverged(TrainingError):

@@ -40,7 +40,7 @@ SAMPLING = ("poisson", "shuffle")
 def privacy_config() -> ml_collections.ConfigDict:
   """config.privacy: the mechanism and its parameters (ignored, and must stay default, for none)."""
   c = ml_collections.ConfigDict()
-  c.mechanism = "none"          # none / dpsgd
+  c.mechanism = "none"          # none / dpsgd / dpfedavg (federated: user-level)
   c.clip_norm = 1.0             # C: every example's gradient is clipped to this L2 norm (inf: none)
   c.noise_multiplier = 1.0      # sigma: noise stddev on the clipped sum is sigma * C
   c.target_epsilon = 0.0        # > 0: calibrate sigma so that epsilon after train.steps is this
@@ -56,14 +56,32 @@ def _validate_none(config) -> None:
 
 
 def _validate_dpsgd(config) -> None:
-  p = config.privacy
   if config.strategy not in ("single", "sync"):
+    hint = " (use config.privacy.mechanism='dpfedavg')" if config.strategy == "federated" else ""
     raise ConfigError(f"config.privacy.mechanism='dpsgd' runs with config.strategy='single' or "
                       f"'sync', not '{config.strategy}' (its per-worker gradients would need "
-                      "their own clipping and accounting)")
+                      f"their own clipping and accounting){hint}")
   if config.data.name == "quadratic":
     raise ConfigError("config.privacy.mechanism='dpsgd' needs training examples to protect; "
                       "config.data.name='quadratic' has none")
+  _validate_mechanism(config)
+  check_choice(config, "privacy.sampling", SAMPLING)
+
+
+def _validate_dpfedavg(config) -> None:
+  if config.strategy != "federated":
+    raise ConfigError(f"config.privacy.mechanism='dpfedavg' (user-level DP for federated "
+                      f"learning) runs with config.strategy='federated', not "
+                      f"'{config.strategy}'; use 'dpsgd' there")
+  _validate_mechanism(config)
+  if config.privacy.sampling != "poisson":
+    raise ConfigError("config.privacy.sampling does not apply to 'dpfedavg': clients are Poisson "
+                      "sampled at rate clients_per_round / clients; leave it at its default")
+
+
+def _validate_mechanism(config) -> None:
+  """The checks DP-SGD and DP-FedAvg share: clip norm, noise, delta, target, accountant."""
+  p = config.privacy
   if not p.clip_norm > 0 or math.isnan(p.clip_norm):
     raise ConfigError(f"config.privacy.clip_norm must be positive (inf: no clipping), got "
                       f"{p.clip_norm}")
@@ -78,7 +96,6 @@ def _validate_dpsgd(config) -> None:
   if not (p.target_epsilon >= 0 and math.isfinite(p.target_epsilon)):
     raise ConfigError(f"config.privacy.target_epsilon must be finite and non-negative (0: use "
                       f"config.privacy.noise_multiplier), got {p.target_epsilon}")
-  check_choice(config, "privacy.sampling", SAMPLING)
   check_choice(config, "privacy.accountant", accounting.ACCOUNTANTS)
 
 
@@ -93,9 +110,12 @@ class DPSGD:
   is a multiple of it, and each piece's clipped sum is divided by its expected share.
   """
 
-  def __init__(self, config, num_train: int, shards: int = 1):
+  unit = "training example"   # what one record of the guarantee is
+
+  def __init__(self, config, num_train: int, shards: int = 1, batch_size: int | None = None):
     p = config.privacy
-    self.batch_size, self.num_train = config.data.batch_size, num_train
+    self.num_train = num_train
+    self.batch_size = config.data.batch_size if batch_size is None else batch_size
     self.clip_norm, self.delta = float(p.clip_norm), float(p.delta)
     self.sampling, self.kind = p.sampling, p.accountant
     self.q = self.batch_size / num_train
@@ -146,11 +166,33 @@ class DPSGD:
                  truncation_delta=self.accountant.truncation_delta(step),
                  guarantee=f"({out['epsilon']:.4g}, "
                            f"{self.delta + self.accountant.truncation_delta(step):.3g})-DP for "
-                           "each training example")
+                           f"each {self.unit}")
     else:
       out["guarantee"] = ("none: fixed shuffled batches; epsilon is what Poisson sampling at the "
                           "same rate would give")
     return out
+
+
+@PRIVACY.register("dpfedavg", validate=_validate_dpfedavg)
+class DPFedAvg(DPSGD):
+  """User-level DP for federated learning (DP-FedAvg, McMahan et al. 2018): the record is a
+  *client*. Each round samples every client independently with probability
+  q = clients_per_round / clients (Poisson, padded to a cap like DP-SGD's batches), clips each
+  client's model update to clip_norm, sums, adds N(0, (sigma C)^2) once to the sum, and divides by
+  the expected count q N. The accountant is DP-SGD's with clients in place of examples and rounds
+  in place of steps. The strategy (strategies/federated.py) does the clipping and the sum; this
+  class owns the sampling, the noise and the budget.
+  """
+
+  unit = "client"
+
+  def __init__(self, config, num_clients: int, shards: int = 1):
+    super().__init__(config, num_clients, shards,
+                     batch_size=config.federated.clients_per_round)
+    self.method = "per-client update"
+
+  def grad_fn(self, task, expected_examples: float, sample_batch=None):
+    raise NotImplementedError("DP-FedAvg clips client updates, not per-example gradients")
 
 
 def build(config, num_train: int, shards: int = 1) -> DPSGD | None:

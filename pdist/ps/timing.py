@@ -14,7 +14,41 @@ so a config gives the same timeline every run. Nothing here depends on parameter
 
 from __future__ import annotations
 
+import ml_collections
 import numpy as np
+
+from pdist.registry import ConfigError, check_choice, check_positive
+
+
+def add_timing_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The fields of the timing model, shared by config.ps and config.federated: compute time per
+  unit of work (a gradient; a federated client's local step), stragglers, latency, bandwidth."""
+  c.compute_time = ml_collections.ConfigDict()
+  c.compute_time.dist = "constant"  # constant / lognormal
+  c.compute_time.mean = 1.0
+  c.compute_time.spread = 0.0       # lognormal: sigma of log(time)
+  c.stragglers = ml_collections.ConfigDict()
+  c.stragglers.fraction = 0.0       # share of workers (clients) that are slow
+  c.stragglers.factor = 1.0         # how many times slower
+  c.latency = 0.0           # per message, simulated time units
+  c.bandwidth = 0.0         # bytes per time unit per link; 0 = unlimited
+  return c
+
+
+def validate_timing(config, group: str, population: int, who: str) -> None:
+  """Checks the timing fields of config.<group> for `population` workers (clients)."""
+  g = config[group]
+  check_choice(config, f"{group}.compute_time.dist", ("constant", "lognormal"))
+  check_positive(config, f"{group}.compute_time.mean", f"{group}.stragglers.factor")
+  check_positive(config, f"{group}.latency", f"{group}.bandwidth",
+                 f"{group}.compute_time.spread", f"{group}.stragglers.fraction", allow_zero=True)
+  if g.stragglers.fraction > 1:
+    raise ConfigError(f"config.{group}.stragglers.fraction must be in [0, 1], got "
+                      f"{g.stragglers.fraction}")
+  if g.stragglers.fraction > 0 and round(g.stragglers.fraction * population) == 0:
+    raise ConfigError(f"config.{group}.stragglers.fraction={g.stragglers.fraction} of "
+                      f"{population} {who} rounds to no straggler; use at least "
+                      f"{0.5 / population:.3g}")
 
 
 class TimingModel:
@@ -34,15 +68,24 @@ class TimingModel:
     self.push_transfer = max(self.latency + (b / bw if bw > 0 else 0.0) for b in push_bytes)
     self.pull_bytes = int(sum(pull_bytes))
     self.push_bytes = int(sum(push_bytes))
-    self.crash_rate = float(ps_config.failures.rate)
-    self.crash_at = sorted((float(t), int(w)) for t, w in ps_config.failures.at)
-    self.restart_delay = float(ps_config.failures.restart_delay)
+    failures = ps_config.failures if "failures" in ps_config else None
+    self.crash_rate = float(failures.rate) if failures else 0.0
+    self.crash_at = sorted((float(t), int(w)) for t, w in failures.at) if failures else []
+    self.restart_delay = float(failures.restart_delay) if failures else 0.0
 
   def compute(self, rng: np.random.Generator, worker: int) -> float:
     base = self.mean
     if self.dist == "lognormal" and self.spread > 0:
       base = self.mean * float(np.exp(self.spread * rng.standard_normal() - self.spread ** 2 / 2))
     return base * float(self.slowdown[worker])
+
+  def compute_many(self, rng: np.random.Generator, workers: np.ndarray) -> np.ndarray:
+    """`compute` for many workers at once (one draw each, in order)."""
+    base = np.full(len(workers), self.mean)
+    if self.dist == "lognormal" and self.spread > 0:
+      base = self.mean * np.exp(self.spread * rng.standard_normal(len(workers))
+                                - self.spread ** 2 / 2)
+    return base * self.slowdown[workers]
 
   def next_crash(self, rng: np.random.Generator, now: float) -> float | None:
     if self.crash_rate <= 0:

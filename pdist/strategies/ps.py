@@ -31,7 +31,7 @@ import numpy as np
 from pdist import optim
 from pdist import pipeline as pipeline_lib
 from pdist.data import WorkerSampler
-from pdist.ps import sharding
+from pdist.ps import sharding, timing
 from pdist.ps.simulator import Simulator
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
 from pdist.strategies import base
@@ -52,15 +52,7 @@ def ps_config() -> ml_collections.ConfigDict:
   c.backup_workers = 0      # bsp: apply the first workers - backup_workers arrivals per round
   c.max_staleness = 0       # ssp: clock gap bound s >= 1 (required for ssp)
   c.staleness_lr = "none"   # none / inverse: lr / staleness when staleness >= 1
-  c.compute_time = ml_collections.ConfigDict()
-  c.compute_time.dist = "constant"  # constant / lognormal
-  c.compute_time.mean = 1.0
-  c.compute_time.spread = 0.0       # lognormal: sigma of log(time)
-  c.stragglers = ml_collections.ConfigDict()
-  c.stragglers.fraction = 0.0       # share of workers that are slow
-  c.stragglers.factor = 1.0         # how many times slower
-  c.latency = 0.0           # per message, simulated time units
-  c.bandwidth = 0.0         # bytes per time unit per server shard link; 0 = unlimited
+  timing.add_timing_fields(c)  # compute_time, stragglers, latency, bandwidth (per shard link)
   c.failures = ml_collections.ConfigDict()
   c.failures.rate = 0.0             # crashes per worker per time unit (Poisson)
   c.failures.at = ()                # ((time, worker), ...) scripted crashes
@@ -73,18 +65,10 @@ def validate_ps(config) -> None:
   ps = config.ps
   check_choice(config, "ps.consistency", CONSISTENCY)
   check_choice(config, "ps.staleness_lr", ("none", "inverse"))
-  check_choice(config, "ps.compute_time.dist", ("constant", "lognormal"))
-  check_positive(config, "ps.workers", "ps.shards", "ps.compute_time.mean", "ps.stragglers.factor")
-  check_positive(config, "ps.backup_workers", "ps.max_staleness", "ps.latency", "ps.bandwidth",
-                 "ps.compute_time.spread", "ps.stragglers.fraction", "ps.failures.rate",
+  check_positive(config, "ps.workers", "ps.shards")
+  check_positive(config, "ps.backup_workers", "ps.max_staleness", "ps.failures.rate",
                  "ps.failures.restart_delay", allow_zero=True)
-  if ps.stragglers.fraction > 1:
-    raise ConfigError(f"config.ps.stragglers.fraction must be in [0, 1], got {ps.stragglers.fraction}")
-  slow = round(ps.stragglers.fraction * ps.workers)
-  if ps.stragglers.fraction > 0 and slow == 0:
-    raise ConfigError(f"config.ps.stragglers.fraction={ps.stragglers.fraction} of "
-                      f"{ps.workers} workers rounds to no straggler; use at least "
-                      f"{0.5 / ps.workers:.3g}")
+  timing.validate_timing(config, "ps", ps.workers, "workers")
   if ps.consistency == "ssp" and ps.max_staleness < 1:
     raise ConfigError("config.ps.consistency='ssp' needs config.ps.max_staleness >= 1 "
                       "(the largest clock gap allowed; s = 0 would be bsp)")

@@ -1,0 +1,3 @@
+"""Federated learning's pieces beside its strategy (strategies/federated.py): the round planner
+(which clients, how long, who drops out: rounds.py), secure aggregation (secagg.py) and the
+Shamir sharing it uses (shamir.py)."""

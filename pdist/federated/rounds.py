@@ -1,0 +1,85 @@
+"""The host's plan of each federated round: which clients, how long each takes, who drops out.
+
+Like the parameter server's simulator, nothing here looks at parameter values, so whole chunks
+of rounds are planned before the compiled call that runs them. Round r's plan is a pure function
+of (seed, r): its own generator `default_rng([seed, r, 0xFED])`, so a resumed run plans the same
+rounds.
+
+- Sampling: `clients_per_round` distinct clients, uniformly (numpy's choice without replacement);
+  under DP-FedAvg each client joins independently with probability q = clients_per_round / clients
+  (Poisson, the accountant's assumption), padded to a fixed cap with empty slots.
+- Time (simulated units, the parameter server's timing model, ps/timing.py): a client downloads
+  the model (latency + bytes / bandwidth), runs its local steps (steps x compute time, lognormal
+  noise and straggler factor per client), uploads (latency + bytes / bandwidth).
+- Faults: a client drops out mid-round with probability `dropouts.rate`, or as scripted in
+  `dropouts.at` ((round, client) pairs); with a `deadline` > 0, a client that has not finished its
+  upload by then is dropped too. The round lasts until the last surviving upload, or the deadline
+  when someone missed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pdist.ps.timing import TimingModel
+
+SALT = 0xFED
+
+
+@dataclasses.dataclass
+class Plan:
+  """Rounds [first, first + n) of a chunk: [n, slots] arrays and per-round numbers."""
+  clients: np.ndarray    # int32 client ids; empty slots hold `num_clients` (an id no one has)
+  sampled: np.ndarray    # bool: the slot holds a sampled client
+  survived: np.ndarray   # bool: its upload reached the server in time
+  duration: np.ndarray   # [n] simulated time of each round
+
+
+class RoundPlanner:
+
+  def __init__(self, fed_config, sizes: np.ndarray, batch_size: int, seed: int,
+               bytes_down: int, bytes_up: int, poisson_cap: int | None = None):
+    self.num_clients = len(sizes)
+    self.m = int(fed_config.clients_per_round)
+    self.seed = seed
+    self.cap = poisson_cap
+    self.slots = poisson_cap if poisson_cap is not None else self.m
+    self.steps = fed_config.local_epochs * -(-np.asarray(sizes) // batch_size)
+    self.timing = TimingModel(fed_config, self.num_clients, [bytes_down], [bytes_up], seed)
+    self.rate = float(fed_config.dropouts.rate)
+    self.scripted = {(int(r), int(c)) for r, c in fed_config.dropouts.at}
+    self.deadline = float(fed_config.deadline)
+
+  def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full(self.slots, self.num_clients, np.int32)
+    if self.cap is None:
+      chosen = rng.choice(self.num_clients, self.m, replace=False)
+    else:
+      q = self.m / self.num_clients
+      chosen = rng.permutation(np.flatnonzero(rng.random(self.num_clients) < q))[:self.cap]
+    ids[:len(chosen)] = chosen
+    return ids, np.arange(self.slots) < len(chosen)
+
+  def plan(self, first: int, n: int) -> Plan:
+    out = Plan(np.zeros((n, self.slots), np.int32), np.zeros((n, self.slots), bool),
+               np.zeros((n, self.slots), bool), np.zeros(n))
+    for i, r in enumerate(range(first, first + n)):
+      rng = np.random.default_rng([self.seed, r, SALT])
+      ids, sampled = self.sample(rng)
+      real = ids[sampled]
+      finish = (self.timing.pull_transfer + self.timing.push_transfer
+                + self.steps[real] * self.timing.compute_many(rng, real))
+      quit_ = rng.random(len(real)) < self.rate
+      if self.scripted:
+        quit_ |= np.array([(r, int(c)) in self.scripted for c in real], bool)
+      late = (finish > self.deadline) if self.deadline > 0 else np.zeros(len(real), bool)
+      ok = ~quit_ & ~late
+      out.clients[i], out.sampled[i] = ids, sampled
+      out.survived[i, :len(real)] = ok
+      if late.any():
+        out.duration[i] = self.deadline
+      else:
+        out.duration[i] = float(finish[ok].max()) if ok.any() else float(finish.max(initial=0.0))
+    return out
