@@ -287,8 +287,11 @@ class Federated(base.Strategy):
       return self._client(params, control, cid, ci_row if self.scaffold else None,
                           jax.random.fold_in(key, cid))
 
-    group = self.fed.client_group or None
-    delta, new_ci, sums = jax.lax.map(one, (ids, ci), batch_size=group)
+    group = self.fed.client_group
+    if group and group < len(ids):    # groups of `group` vmapped clients, one group after another
+      delta, new_ci, sums = jax.lax.map(one, (ids, ci), batch_size=group)
+    else:
+      delta, new_ci, sums = jax.vmap(one)((ids, ci))
     if self.privacy is not None:      # DP-FedAvg: clip each client's change, weigh clients alike
       norm = jnp.linalg.norm(delta, axis=1, keepdims=True)
       delta = delta * jnp.minimum(1.0, self.privacy.clip_norm / jnp.maximum(norm, 1e-12))
