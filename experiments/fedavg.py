@@ -75,7 +75,7 @@ def _secagg(c):
 def _dp(c):
   c.privacy.mechanism = "dpfedavg"
   c.privacy.clip_norm = 0.5
-  c.privacy.noise_multiplier = 0.3
+  c.privacy.noise_multiplier = 1.0
   c.privacy.delta = 1e-3    # below 1 / clients
 
 

@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Any, Iterable
 
-TIMING_FIELDS = frozenset({"wall_time", "steps_per_sec", "updates_per_sec"})
+TIMING_FIELDS = frozenset({"wall_time", "steps_per_sec", "updates_per_sec", "secagg_client_seconds",
+                           "secagg_server_seconds"})
 
 
 def _clean(value: Any) -> Any:

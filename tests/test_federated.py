@@ -64,7 +64,7 @@ def test_dropouts_and_deadline_are_counted():
   assert last["clients_sampled"] == 20 * 5
   assert 0 < last["clients_dropped"] < last["clients_sampled"]
   assert last["sim_time"] <= 20 * c.federated.deadline
-  assert last["bytes_up"] < last["bytes_down"]       # dropped clients upload nothing
+  assert last["bytes_uploaded"] < last["bytes_downloaded"]   # dropped clients upload nothing
 
 
 @pytest.mark.parametrize("preset", ["tiny,scaffold", "tiny,dp"])

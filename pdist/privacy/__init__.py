@@ -17,6 +17,9 @@ results, repeated runs); the training loss and accuracy in metrics.jsonl (comput
 batches, for the researcher's eyes; do not publish them as private). Each example is one unit of
 privacy: a person with many examples gets less protection.
 
+For federated learning, `dpfedavg` (DP-FedAvg, McMahan et al. 2018) makes the *client* the unit:
+see DPFedAvg below and strategies/federated.py.
+
 Pieces, one idea each: sampling.py (Poisson batches with a fixed cap), clipping.py (per-example
 clipped sums), noise.py (the Gaussian mechanism, added once per update after aggregation),
 accounting.py (dp-accounting's RDP and PLD accountants, calibration to a target epsilon).
@@ -110,6 +113,7 @@ class DPSGD:
   is a multiple of it, and each piece's clipped sum is divided by its expected share.
   """
 
+  name = "dpsgd"
   unit = "training example"   # what one record of the guarantee is
 
   def __init__(self, config, num_train: int, shards: int = 1, batch_size: int | None = None):
@@ -157,7 +161,7 @@ class DPSGD:
 
   def describe(self, step: int) -> dict:
     """What summary.json says about the guarantee after `step` updates."""
-    out = {"mechanism": "dpsgd", "epsilon": self.accountant.epsilon(step), "delta": self.delta,
+    out = {"mechanism": self.name, "epsilon": self.accountant.epsilon(step), "delta": self.delta,
            "accountant": self.kind, "sampling": self.sampling, "sampling_rate": self.q,
            "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm,
            "clipping": getattr(self, "method", "vmap")}
@@ -184,6 +188,7 @@ class DPFedAvg(DPSGD):
   class owns the sampling, the noise and the budget.
   """
 
+  name = "dpfedavg"
   unit = "client"
 
   def __init__(self, config, num_clients: int, shards: int = 1):

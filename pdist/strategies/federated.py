@@ -197,8 +197,8 @@ class Federated(base.Strategy):
     self._server_fn = jax.jit(self._server, donate_argnums=(0,))
 
   def _zero_totals(self) -> dict:
-    out = {"sim_time": 0.0, "clients_sampled": 0, "clients_dropped": 0, "bytes_up": 0,
-           "bytes_down": 0}
+    out = {"sim_time": 0.0, "clients_sampled": 0, "clients_dropped": 0, "bytes_uploaded": 0,
+           "bytes_downloaded": 0}
     if self.secagg is not None:
       out.update(secagg_failed_rounds=0, secagg_clipped=0, secagg_client_seconds=0.0,
                  secagg_server_seconds=0.0)
@@ -348,8 +348,8 @@ class Federated(base.Strategy):
     t["sim_time"] += float(plan.duration.sum())
     t["clients_sampled"] += int(plan.sampled.sum())
     t["clients_dropped"] += int((plan.sampled & ~plan.survived).sum())
-    t["bytes_down"] += int(plan.sampled.sum()) * self.bytes_down
-    t["bytes_up"] += int(plan.survived.sum()) * self.bytes_up
+    t["bytes_downloaded"] += int(plan.sampled.sum()) * self.bytes_down
+    t["bytes_uploaded"] += int(plan.survived.sum()) * self.bytes_up
 
   def dispatch(self, state, num_updates: int):
     step = self.step(state)
