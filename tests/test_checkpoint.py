@@ -28,6 +28,9 @@ VARIANTS = {
            "--config.ps.stragglers.fraction=0.25", "--config.ps.stragglers.factor=3.0",
            "--config.ps.failures.rate=0.02", "--config.ps.failures.restart_delay=2.0",
            "--config.ps.latency=0.05", "--config.data.batch_size=16"],
+    # per-client SCAFFOLD state, dropouts, stragglers and the simulated-time totals
+    "federated": ["--config", "experiments/fedavg.py:tiny,scaffold,dropouts",
+                  "--config.train.steps=1000"],
 }
 
 
@@ -69,7 +72,7 @@ def _same_params(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["single", "sync", "ps"])
+@pytest.mark.parametrize("variant", ["single", "sync", "ps", "federated"])
 def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _run(_cmd(variant, ref))
