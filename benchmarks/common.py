@@ -41,6 +41,17 @@ def machine() -> str:
   return f"{platform.machine()} {os.cpu_count()} cores, {dev.platform}: {kind}"
 
 
+def steady_rate(rows) -> float:
+  """Updates per second of train.run's loop in steady state, off the run's own rows: from the
+  first row (the first chunk's compilation is before it) to the last row that is not the final
+  one when that one evaluates or checkpoints at the end (the evaluation's compilation, the last
+  save and its wait are end costs, not the loop's; on a GPU they were most of a 3000-step run)."""
+  first, last = rows[0], rows[-1]
+  if "eval_loss" in last and len(rows) > 2:
+    last = rows[-2]
+  return (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"])
+
+
 def report(name: str, **fields) -> None:
   row = {"benchmark": name, "machine": machine(), **fields}
   print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))

@@ -31,7 +31,7 @@ def rate(name: str, fields: dict, steps: int) -> float:
   for key, value in fields.items():
     c.compression[key] = value
   rows = train.run(c, tempfile.mkdtemp(prefix="pdist_bench_")).rows
-  return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["wall_time"] - rows[0]["wall_time"])
+  return steady_rate(rows)
 
 
 def main() -> None:

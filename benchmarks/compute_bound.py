@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import mlp_config, report, scan_floor_rate
+from common import mlp_config, report, scan_floor_rate, steady_rate
 
 
 def config(steps: int):
@@ -29,7 +29,7 @@ def config(steps: int):
 def pdist_rate(steps: int) -> float:
   from pdist import train
   rows = train.run(config(steps), tempfile.mkdtemp(prefix="pdist_bench_")).rows
-  return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["wall_time"] - rows[0]["wall_time"])
+  return steady_rate(rows)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 from common import PEAK_RSS_MB, ROOT, mlp_config, report
+from common import steady_rate as rows_rate
 
 
 def dp_config(steps: int, mode: str):
@@ -40,8 +41,7 @@ def dp_config(steps: int, mode: str):
 def steady_rate(mode: str, steps: int) -> float:
   from pdist import train
   result = train.run(dp_config(steps, mode), tempfile.mkdtemp(prefix="pdist_bench_"))
-  first, last = result.rows[0], result.rows[-1]
-  return (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"])
+  return rows_rate(result.rows)
 
 
 def peak_rss_mb(mode: str, steps: int) -> float:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from common import PEAK_RSS_MB, ROOT, report
+from common import PEAK_RSS_MB, ROOT, report, steady_rate
 
 FLOWER, TORCH = 6.8, 224.0
 
@@ -52,8 +52,7 @@ def steady(config, repeats: int = 3) -> tuple[float, dict]:
   best, last_row = 0.0, {}
   for _ in range(repeats):
     rows = train.run(config, tempfile.mkdtemp(prefix="pdist_bench_")).rows
-    a, b = rows[0], rows[-2]     # the last row also holds the evaluation (and its compilation)
-    rate = (b["step"] - a["step"]) / (b["wall_time"] - a["wall_time"])
+    rate = steady_rate(rows)
     best, last_row = max(best, rate), rows[-1]
   return best, last_row
 

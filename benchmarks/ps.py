@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from common import PEAK_RSS_MB, ROOT, mlp_config, report  # noqa: F401
-from common import scan_floor_rate
+from common import scan_floor_rate, steady_rate
 
 
 def ps_config(workers: int, consistency: str, steps: int):
@@ -37,8 +37,7 @@ def ps_rate(workers: int, consistency: str, steps: int) -> float:
   for _ in range(3):
     rows = train.run(ps_config(workers, consistency, steps),
                      tempfile.mkdtemp(prefix="pdist_bench_ps_")).rows
-    first, last = rows[0], rows[-1]
-    best = max(best, (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"]))
+    best = max(best, steady_rate(rows))
   return best
 
 

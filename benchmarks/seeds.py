@@ -13,7 +13,7 @@ import argparse
 import os
 import tempfile
 
-from common import ROOT, report
+from common import ROOT, report, steady_rate
 
 
 def seconds(seeds: int, steps: int) -> tuple[float, float]:
@@ -24,8 +24,7 @@ def seconds(seeds: int, steps: int) -> tuple[float, float]:
                        "--config.train.log_every=100", "--config.train.eval_every=0",
                        "--config.train.progress=False", "--config.checkpoint.every=0"])
   result = train.run(c, tempfile.mkdtemp(prefix="pdist_bench_"))
-  first, last = result.rows[0], result.rows[-1]
-  steady = (last["wall_time"] - first["wall_time"]) / (last["step"] - first["step"]) * steps
+  steady = steps / steady_rate(result.rows)
   return steady, result.summary["wall_seconds"]
 
 

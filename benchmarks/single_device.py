@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import mlp_config, report, scan_floor_rate, timed
+from common import mlp_config, report, scan_floor_rate, steady_rate, timed
 
 
 def floor_rate(config, steps: int, repeats: int = 3) -> float:
@@ -64,8 +64,8 @@ def floor_rate(config, steps: int, repeats: int = 3) -> float:
 def pdist_rate(config, steps: int, repeats: int = 3) -> tuple[float, float]:
   """(steady-state rate of train.run's loop, end-to-end rate including set-up and compilation).
 
-  The steady state is read off the run's own metrics: wall_time between the first and the last
-  logged row, so it covers everything the loop does per interval (strategy, metrics file,
+  The steady state is read off the run's own metrics (common.steady_rate: from the first logged
+  row to the last one before the final evaluation), so it covers everything the loop does per interval (strategy, metrics file,
   progress bar) but not data generation and the first chunk's compilation.
   """
   from pdist import train
@@ -73,8 +73,7 @@ def pdist_rate(config, steps: int, repeats: int = 3) -> tuple[float, float]:
   best_loop, best_total = 0.0, 0.0
   for _ in range(repeats):
     result = train.run(config, tempfile.mkdtemp(prefix="pdist_bench_"))
-    first, last = result.rows[0], result.rows[-1]
-    best_loop = max(best_loop, (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"]))
+    best_loop = max(best_loop, steady_rate(result.rows))
     best_total = max(best_total, result.summary["updates_per_sec"])
   return best_loop, best_total
 

@@ -22,12 +22,10 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 
-from common import ROOT, WORKLOAD, mlp_config, report, timed  # noqa: E402
+from common import ROOT, WORKLOAD, mlp_config, report, steady_rate, timed  # noqa: E402
 
 
-def steady_rate(rows) -> float:
-  first, last = rows[0], rows[-1]
-  return (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"])
+
 
 
 def pdist_rate(strategy: str, devices: int, steps: int) -> float:

@@ -164,7 +164,10 @@ class Checkpointer:
   """Orbax CheckpointManager for WORKDIR/checkpoints with fallback, mismatch checks and encryption."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
-               key: bytes | None = None, log=None):
+               key: bytes | None = None, log=None, background: bool = False):
+    """`background`: `save` returns at once and a worker thread does all of it (digest or
+    encryption, orbax's save call); one save at a time, its error raised by the next call of
+    save / wait / close. The caller must not change or donate the state it passed until then."""
     import orbax.checkpoint as ocp
     self.ocp = ocp
     self.directory = os.path.abspath(directory)
@@ -176,12 +179,36 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+    self._pool = None
+    if background:
+      from concurrent.futures import ThreadPoolExecutor
+      self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdist-checkpoint")
+    self._future = None
+
+  @property
+  def background(self) -> bool:
+    return self._pool is not None
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   # -- save -------------------------------------------------------------------------------------
-  def save(self, step: int, state, host: dict, config_dict: dict) -> None:
+  def save(self, step: int, state, host: dict, config_dict: dict, on_started=None) -> None:
+    """Saves `state` (and the JSON-able `host` part) as update `step`; `on_started(step)` is
+    called once orbax has taken it (the write itself may still be going on)."""
+    if self._pool is None:
+      self._save_now(step, state, host, config_dict, on_started)
+      return
+    self._collect()
+    self._future = self._pool.submit(self._save_now, step, state, host, config_dict, on_started)
+
+  def _collect(self) -> None:
+    """Waits for the background save (if any) to be handed to orbax; raises its error here."""
+    future, self._future = self._future, None
+    if future is not None:
+      future.result()
+
+  def _save_now(self, step: int, state, host: dict, config_dict: dict, on_started=None) -> None:
     ocp = self.ocp
     meta = {"format": FORMAT, "step": step, "config": config_dict, "encrypted": self.key is not None}
     if self.key is None:
@@ -197,13 +224,21 @@ class Checkpointer:
     meta["meta_digest"] = _meta_digest(meta)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     meta=ocp.args.JsonSave(meta)))
+    if on_started is not None:
+      on_started(step)
 
   def wait(self) -> None:
+    self._collect()
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self._collect()
+    finally:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      if self._pool is not None:
+        self._pool.shutdown()
 
   @staticmethod
   def _aad(step: int) -> bytes:

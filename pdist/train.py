@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from pdist import config as config_lib
 from pdist import data, metrics, strategies, tasks
@@ -131,7 +132,9 @@ def _open_checkpoints(config, workdir, strategy, state, log):
   directory = os.path.join(workdir, "checkpoints")
   exists = os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
   ckpt = ckpt_lib.Checkpointer(directory, keep=config.checkpoint.keep,
-                               async_save=config.checkpoint.async_save, key=key, log=log)
+                               async_save=config.checkpoint.async_save, key=key, log=log,
+                               background=config.checkpoint.async_save
+                               and jax.process_count() == 1)
   if config.checkpoint.restart == "fresh":
     if exists:
       log(f"pdist: restart=fresh: discarding the checkpoints in {directory}")
@@ -279,11 +282,19 @@ def _loop(r: _Run, stop) -> None:
                     **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
     return row
 
+  def save(step, state, host) -> None:
+    if r.ckpt.background:
+      # saved by a worker thread while the next chunks run: from a device-side copy, since the
+      # next chunk donates r.state's buffers
+      state = jax.tree.map(jnp.copy, state)
+    r.ckpt.save(step, state, host, config.to_dict(),
+                on_started=lambda s: r.log(f"pdist: checkpoint at update {s}"))
+
   in_flight = None  # (pending, n, step) of a queued chunk whose row is not written yet
   try:
     while r.step < steps:
       n = _next_stop(r.step, config) - r.step
-      r.state, pending = r.strategy.dispatch(r.state, n)
+      r.state, pending = r.strategy.dispatch(r.state, n, step=r.step)
       r.step += n
       if in_flight is not None:  # the previous chunk's row, while this one runs
         finish(*in_flight, with_state=False)
@@ -294,8 +305,7 @@ def _loop(r: _Run, stop) -> None:
       finish(pending, n, r.step, with_state=True)
       if r.ckpt is not None and ((every and r.step % every == 0) or r.step == steps and every
                                  or stop.signum is not None):
-        r.ckpt.save(r.step, r.state, r.strategy.host_state(), config.to_dict())
-        r.log(f"pdist: checkpoint at update {r.step}")
+        save(r.step, r.state, r.strategy.host_state())
       if stop.signum is not None and r.step < steps:
         if r.ckpt is None:
           raise KeyboardInterrupt

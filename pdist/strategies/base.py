@@ -45,9 +45,15 @@ class Strategy(abc.ABC):
   def params(self, state: State) -> Any:
     return state["params"]
 
-  def dispatch(self, state: State, num_updates: int) -> tuple[State, Any]:
+  def dispatch(self, state: State, num_updates: int,
+               step: int | None = None) -> tuple[State, Any]:
     """Starts `num_updates` updates and returns (new state, a handle for `collect`) without
-    waiting for the device, where the strategy can; the default runs them to the end."""
+    waiting for the device, where the strategy can; the default runs them to the end.
+
+    `step` is the state's update count when the caller knows it (the train loop does): reading
+    it from the state instead would wait for the previous chunk to finish, and the device would
+    idle while the host prepares the next one."""
+    del step
     return self.run(state, num_updates)
 
   def collect(self, pending: Any) -> dict[str, float]:

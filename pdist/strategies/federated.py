@@ -351,8 +351,8 @@ class Federated(base.Strategy):
     t["bytes_downloaded"] += int(plan.sampled.sum()) * self.bytes_down
     t["bytes_uploaded"] += int(plan.survived.sum()) * self.bytes_up
 
-  def dispatch(self, state, num_updates: int):
-    step = self.step(state)
+  def dispatch(self, state, num_updates: int, step: int | None = None):
+    step = self.step(state) if step is None else step
     plan = self.planner.plan(step, num_updates)
     if self.secagg is None:
       state, metrics = self._chunk(state, plan.clients, plan.sampled.astype(np.float32),

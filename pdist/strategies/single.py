@@ -131,10 +131,10 @@ class Single(base.Strategy):
     state, pending = self.dispatch(state, num_updates)
     return state, self.collect(pending)
 
-  def dispatch(self, state, num_updates: int):
+  def dispatch(self, state, num_updates: int, step: int | None = None):
     """Queues the chunk on the device and returns at once (JAX's asynchronous dispatch), so the
     train loop can write the previous chunk's row while this one runs."""
-    step = self.step(state)
+    step = self.step(state) if step is None else step
     idx = self.indices(step, num_updates)
     state, metrics = self._chunk(state, self.data, idx, num_updates)
     return state, (metrics, step + num_updates)

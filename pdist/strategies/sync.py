@@ -142,11 +142,11 @@ class Sync(Single):
   def batch_shards(self) -> int:
     return self.num_devices
 
-  def dispatch(self, state, num_updates: int):
+  def dispatch(self, state, num_updates: int, step: int | None = None):
     # at most one chunk in flight beyond the one being collected: the train loop reads each
     # chunk's metrics right after queueing the next, which bounds how many collectives are
     # queued (back-to-back collectives on emulated CPU devices abort; see the sharp edges)
-    step = self.step(state)
+    step = self.step(state) if step is None else step
     idx = self.indices(step, num_updates)
     if self.backend == "shard_map":
       if idx is not None:
