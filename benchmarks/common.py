@@ -66,21 +66,21 @@ PEAK_RSS_MB = ("float([l.split()[1] for l in open('/proc/self/status') "
 
 def scan_floor_rate(config, steps: int, chunk: int = 100, repeats: int = 3) -> float:
   """The true floor: what a JAX expert would write for the same math — a jitted `lax.scan` of
-  `chunk` SGD steps over batches already on the device, buffers donated, calls dispatched back to
+  `chunk` optimizer steps (config.optim's, built by optax as pdist builds it) over batches already on the device, buffers donated, calls dispatched back to
   back (blocked on once at the end). Steps per second, best of `repeats`."""
   import jax
   import jax.numpy as jnp
   import optax
 
-  from pdist import data, tasks
+  from pdist import data, optim, tasks
   ds = data.load(config.data)
   task = tasks.build(config, ds)
-  tx = optax.sgd(config.optim.learning_rate, momentum=config.optim.momentum or None)
+  tx = optim.build(config)          # the run's own optimizer (SGD momentum for the MLP workloads)
   params = task.init(jax.random.PRNGKey(0))
   b = config.data.batch_size
   n = min(chunk, ds.num_train // b)
   xs = jnp.asarray(ds.x_train[:n * b].reshape((n, b) + ds.x_train.shape[1:]))
-  ys = jnp.asarray(ds.y_train[:n * b].reshape(n, b))
+  ys = jnp.asarray(ds.y_train[:n * b].reshape((n, b) + ds.y_train.shape[1:]))
   xs = jnp.concatenate([xs] * (-(-chunk // n)))[:chunk]
   ys = jnp.concatenate([ys] * (-(-chunk // n)))[:chunk]
 

@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   for field, default in data.datasets.DEFAULTS.items():
     c.data[field] = default
   c.data.partition = "iid"     # how the training set is split over workers: iid / label /
+                               # contiguous (in the data's order: a stretch of text each) /
                                # dirichlet, or shared (worker k takes slice k of one global batch)
   c.data.dirichlet_alpha = 0.5  # dirichlet: concentration; small = very non-iid
 
@@ -55,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "mlp"
   c.model.hidden = (256, 256)  # mlp: hidden widths; cnn: channels per conv layer
   c.model.kernel = 5           # cnn: kernel size of the first conv (later ones use 3)
+  c.model.width = 128          # transformer: model width (embedding size)
+  c.model.layers = 2           # transformer: blocks
+  c.model.heads = 4            # transformer: attention heads (must divide width)
+  c.model.positions = "learned"  # transformer: learned / rotary
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"

@@ -39,6 +39,7 @@ class Task:
   dataset: Dataset
   apply: Callable[[Params, jnp.ndarray], jnp.ndarray] | None = None
   per_example_loss: PerExample | None = None
+  describe: Callable[[Params], dict] | None = None   # extra summary.json fields at the end
 
   @property
   def has_data(self) -> bool:
@@ -67,6 +68,15 @@ def classification_loss(apply_fn, params, batch, rng):
   return losses, {"accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
 
 
+def language_loss(apply_fn, params, batch, rng):
+  """Per-sequence mean next-token cross-entropy (nats per token), accuracy and bits per byte."""
+  del rng
+  logits = apply_fn(params, batch["x"])
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(axis=-1)
+  correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32).mean(axis=-1)
+  return losses, {"accuracy": correct, "bits_per_char": losses / np.log(2.0)}
+
+
 def regression_loss(apply_fn, params, batch, rng):
   """Per-example squared error (summed over the output dimensions' mean)."""
   del rng
@@ -82,6 +92,8 @@ def quadratic_loss(params, batch, rng):
 
 
 def _evaluator(loss_fn, x: np.ndarray, y: np.ndarray, chunk: int = 2048):
+  if x.ndim == 2 and np.issubdtype(x.dtype, np.integer):   # token windows: [chunk, T, vocab] logits
+    chunk = max(1, 8192 // x.shape[1])
   """Mean loss (and accuracy) over a held-out set, in jitted chunks of `chunk` examples."""
   x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
   n = len(x)
@@ -123,7 +135,7 @@ def build(config, dataset: Dataset) -> Task:
   """The task for `config` on `dataset` (see pdist.data.load)."""
   if dataset.kind == "quadratic":
     return _quadratic_task(config, dataset)
-  classification = dataset.kind == "classification"
+  classification = dataset.kind in ("classification", "language")
   num_outputs = dataset.num_classes if classification else dataset.y_train.shape[-1]
   inputs = models.ModelInputs(num_outputs, dataset.input_shape, dataset.input_dtype,
                               dataset.vocab_size)
@@ -136,7 +148,8 @@ def build(config, dataset: Dataset) -> Task:
   def apply_fn(params, x):
     return module.apply({"params": params}, x)
 
-  scored = classification_loss if classification else regression_loss
+  scored = {"classification": classification_loss, "language": language_loss}.get(
+      dataset.kind, regression_loss)
 
   def per_example_loss(params, batch, rng):
     return scored(apply_fn, params, batch, rng)
@@ -155,11 +168,40 @@ def build(config, dataset: Dataset) -> Task:
       out.update({k.replace("eval_", "train_eval_"): v for k, v in train_metrics.items()})
       if optimum is not None:
         out["excess_loss"] = train_metrics["eval_loss"] - optimum
+    if dataset.kind == "language":
+      out["eval_perplexity"] = float(np.exp(out["eval_loss"]))
     return out
+
+  describe = None
+  if dataset.kind == "language":
+    describe = _language_describe(apply_fn, dataset)
 
   # jitted: Flax's init run op by op would compile dozens of small kernels
   return Task(dataset.kind, jax.jit(init), loss, evaluate_all, dataset, apply=apply_fn,
-              per_example_loss=per_example_loss)
+              per_example_loss=per_example_loss, describe=describe)
+
+
+def _language_describe(apply_fn, dataset, length: int = 300, temperature: float = 0.8):
+  """summary.json's view of a language model: the unigram baseline and a sample of generated
+  text (temperature 0.8, a fixed key) continuing the first validation window."""
+  from pdist.data import text
+  prompt = jnp.asarray(dataset.x_test[0])
+
+  @jax.jit
+  def generate(params):
+    def step(window, key):
+      logits = apply_fn(params, window[None])[0, -1] / temperature
+      token = jax.random.categorical(key, logits).astype(window.dtype)
+      return jnp.concatenate([window[1:], token[None]]), token
+    _, tokens = jax.lax.scan(step, prompt, jax.random.split(jax.random.PRNGKey(0), length))
+    return tokens
+
+  def describe(params) -> dict:
+    return {"unigram_bits_per_char": text.unigram_bits(dataset),
+            "prompt": text.decode(np.asarray(prompt)[-80:]),
+            "sample": text.decode(np.asarray(generate(params)))}
+
+  return describe
 
 
 def least_squares_optimum(x: np.ndarray, y: np.ndarray) -> float:

@@ -12,12 +12,14 @@ import random
 
 import numpy as np
 
+from pdist.data import text
 from pdist.registry import DATASETS, ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Arrays in host memory. `kind` is "classification", "regression" or "quadratic" (no data)."""
+  """Arrays in host memory. `kind` is "classification", "regression", "language" (x: token
+  windows, y: the next token at each position) or "quadratic" (no data)."""
   name: str
   kind: str
   x_train: np.ndarray | None
@@ -130,10 +132,12 @@ DEFAULTS = {
     "num_classes": 10,   # teacher: number of classes
     "parts": 1,          # quadratic: theta stored as this many arrays (e.g. one per PS shard)
     "seed": 0,           # teacher / regression: seed of the data (mnist1d uses its own)
+    "seq_len": 128,      # numpy_docs: bytes of context per example (the model's context length)
 }
 READS = {"mnist1d": ("num_train", "num_test"), "digits": ("num_train", "num_test"),
          "teacher": ("num_train", "num_test", "dim", "num_classes", "seed"),
-         "regression": ("num_train", "num_test", "dim", "seed"), "quadratic": ("dim", "parts")}
+         "regression": ("num_train", "num_test", "dim", "seed"), "quadratic": ("dim", "parts"),
+         "numpy_docs": ("seq_len",)}
 DIGITS_SPLIT = (1497, 300)
 
 
@@ -179,6 +183,15 @@ DATASETS.register("teacher", validate=_unused_fields_at_default)(
 DATASETS.register("regression", validate=_unused_fields_at_default)(
     lambda d: regression_teacher(d.num_train, d.num_test, d.dim, d.seed))
 DATASETS.register("quadratic", validate=_validate_quadratic)(lambda d: quadratic())
+def _validate_text(config) -> None:
+  _unused_fields_at_default(config)
+  if config.model.name != "transformer":
+    raise ConfigError(f"config.data.name='numpy_docs' is token data for a language model: set "
+                      f"config.model.name='transformer' (not '{config.model.name}')")
+
+
+DATASETS.register("numpy_docs", validate=_validate_text)(
+    lambda d: text.language_dataset(d.seq_len))
 
 
 def load(data_config) -> Dataset:

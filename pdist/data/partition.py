@@ -18,6 +18,13 @@ from pdist.data.sampler import batch_indices
 from pdist.registry import PARTITIONS, ConfigError
 
 
+def _needs_class_labels(labels: np.ndarray, scheme: str) -> None:
+  if labels.ndim != 1:
+    raise ConfigError(f"config.data.partition='{scheme}' splits by class label, and this "
+                      "dataset's examples have none (a sequence of targets each); use iid or "
+                      "contiguous")
+
+
 def iid(n: int, workers: int, seed: int) -> list[np.ndarray]:
   """A random permutation cut into `workers` nearly equal parts."""
   if workers == 1:
@@ -29,6 +36,7 @@ def iid(n: int, workers: int, seed: int) -> list[np.ndarray]:
 def label_shards(labels: np.ndarray, workers: int, seed: int,
                  shards_per_worker: int = 2) -> list[np.ndarray]:
   """Sort by label, cut into workers*shards_per_worker shards, deal them at random (McMahan 2017)."""
+  _needs_class_labels(labels, "label")
   n = len(labels)
   if workers == 1:
     return [np.arange(n, dtype=np.int32)]
@@ -40,6 +48,7 @@ def label_shards(labels: np.ndarray, workers: int, seed: int,
 
 def dirichlet(labels: np.ndarray, workers: int, alpha: float, seed: int) -> list[np.ndarray]:
   """Per class, worker shares ~ Dirichlet(alpha); small alpha = very non-iid (Hsu et al. 2019)."""
+  _needs_class_labels(labels, "dirichlet")
   n = len(labels)
   if workers == 1:
     return [np.arange(n, dtype=np.int32)]
@@ -67,6 +76,10 @@ PARTITIONS.register("label")(lambda ds, k, seed, d: label_shards(ds.y_train, k, 
 PARTITIONS.register("dirichlet")(
     lambda ds, k, seed, d: dirichlet(ds.y_train, k, d.dirichlet_alpha, seed))
 PARTITIONS.register("shared")(lambda ds, k, seed, d: None)
+# contiguous stretches in the data's own order (for text: each worker or client its own part of
+# the corpus, like LEAF's per-speaker Shakespeare)
+PARTITIONS.register("contiguous")(
+    lambda ds, k, seed, d: [p.astype(np.int32) for p in np.array_split(np.arange(ds.num_train), k)])
 
 
 class WorkerSampler:

@@ -16,7 +16,8 @@ import numpy as np
 
 from pdist.models.cnn import CNN1D, CNN2D
 from pdist.models.mlp import MLP
-from pdist.registry import MODELS, ConfigError
+from pdist.models.transformer import Transformer
+from pdist.registry import MODELS, ConfigError, check_choice, check_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,26 @@ def _cnn2d(m, inputs: ModelInputs) -> nn.Module:
   return CNN2D(channels=tuple(m.hidden), kernel=min(m.kernel, 3), num_outputs=inputs.num_outputs)
 
 
+def _validate_transformer(config) -> None:
+  m = config.model
+  check_positive(config, "model.width", "model.layers", "model.heads")
+  check_choice(config, "model.positions", ("learned", "rotary"))
+  if m.width % m.heads:
+    raise ConfigError(f"config.model.heads={m.heads} must divide config.model.width={m.width}")
+  if m.positions == "rotary" and (m.width // m.heads) % 2:
+    raise ConfigError(f"config.model.positions='rotary' needs an even head width, got "
+                      f"{m.width // m.heads} (width {m.width} / heads {m.heads})")
+  if config.data.name != "numpy_docs":
+    raise ConfigError(f"config.model.name='transformer' is a language model: it needs token "
+                      f"data (config.data.name='numpy_docs'), not '{config.data.name}'")
+
+
+@MODELS.register("transformer", validate=_validate_transformer)
+def _transformer(m, inputs: ModelInputs) -> nn.Module:
+  return Transformer(vocab_size=inputs.vocab_size, seq_len=inputs.seq_len, width=m.width,
+                     layers=m.layers, heads=m.heads, positions=m.positions)
+
+
 def _validate_none(config) -> None:
   if config.data.name != "quadratic":
     raise ConfigError(f"config.model.name='none' only fits config.data.name='quadratic', "
@@ -75,4 +96,4 @@ def build(model_config, inputs: ModelInputs) -> nn.Module:
   return MODELS.get(model_config.name)(model_config, inputs)
 
 
-__all__ = ["MLP", "CNN1D", "CNN2D", "ModelInputs", "build"]
+__all__ = ["MLP", "CNN1D", "CNN2D", "Transformer", "ModelInputs", "build"]
