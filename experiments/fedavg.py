@@ -13,8 +13,9 @@ with SGD lr 0.05 (about 10 local steps) and the server averages the changes (ser
 FedSGD: one full-batch gradient step per client (local_epochs 1, a batch as large as a client).
 The sweep runs both on both partitions and reports rounds to 90% test accuracy (README).
 Presets: tiny; fedsgd; label; dirichlet (alpha 0.3); fedprox (mu 0.1); scaffold; fedavgm (server
-momentum 0.9); fedadam (server Adam, lr 0.01); dropouts (20% of clients drop mid-round, a
-deadline cuts the slowest); secagg (secure aggregation); dp (user-level DP-FedAvg).
+momentum 0.9); fedadam (server Adam, lr 0.01); fedyogi (server Yogi, lr 0.01); dropouts (20% of
+clients drop mid-round, a deadline cuts the slowest); secagg (secure aggregation); dp
+(user-level DP-FedAvg).
 """
 
 from pdist.config import apply_presets, base_config
@@ -59,6 +60,11 @@ def _fedadam(c):
   c.optim.learning_rate = 0.01
 
 
+def _fedyogi(c):
+  c.optim.name = "yogi"
+  c.optim.learning_rate = 0.01
+
+
 def _dropouts(c):
   c.federated.dropouts.rate = 0.2
   c.federated.compute_time.dist = "lognormal"
@@ -81,7 +87,7 @@ def _dp(c):
 
 PRESETS = {"tiny": _tiny, "fedsgd": _fedsgd, "label": _label, "dirichlet": _dirichlet,
            "fedprox": _fedprox, "scaffold": _scaffold, "fedavgm": _fedavgm, "fedadam": _fedadam,
-           "dropouts": _dropouts, "secagg": _secagg, "dp": _dp}
+           "fedyogi": _fedyogi, "dropouts": _dropouts, "secagg": _secagg, "dp": _dp}
 
 
 def get_config(arg=None):

@@ -31,6 +31,7 @@ def _cnn(c):
   c.optim.schedule = "cosine"
   c.train.steps = 3000
   c.train.eval_every = 250
+  c.train.save_params = True    # params.npz: the teacher of experiments/distill.py
 
 
 def _tiny(c):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 import ml_collections
 
 # importing the implementations registers them (each module registers its own names)
-from pdist import compression, data, models, optim, privacy, strategies  # noqa: F401
+from pdist import compression, data, distill, models, optim, privacy, strategies  # noqa: F401
 from pdist.registry import (COMPRESSORS, DATASETS, MODELS, OPTIMIZERS, PARTITIONS, PRIVACY,
                             SCHEDULES, STRATEGIES, ConfigError, check_positive, get)
 
@@ -99,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress = True      # tqdm bar on stderr
   c.train.save_params = False  # write the final parameters to WORKDIR/params.npz
   c.train.tensorboard = True   # also write TensorBoard event files to WORKDIR/tensorboard
+
+  c.distill = distill.distill_config()  # knowledge distillation from a finished teacher workdir
   return c
 
 
@@ -284,6 +286,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.privacy.mechanism != "none" or config.compression.name != "none":
       raise ConfigError(f"config.train.seeds={config.train.seeds} does not combine with "
                         "config.privacy or config.compression; run one process per seed")
+  distill.validate(config)
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")
   for _, entry in list(_selected(config)):

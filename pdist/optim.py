@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules from `config.optim`, built with optax, registered by name.
 
-Optimizers: sgd (optional heavy-ball or Nesterov momentum), adam, adamw. Schedules: constant,
+Optimizers: sgd (optional heavy-ball or Nesterov momentum), adam, adamw, yogi. Schedules: constant,
 cosine (decay to 0 over train.steps), warmup (linear from 0 over warmup_steps, then constant),
 warmup_cosine. Optional global-norm gradient clipping; the linear scaling rule for large batches.
 """
@@ -118,6 +118,8 @@ OPTIMIZERS.register("sgd", validate=_only("momentum", "nesterov", "weight_decay"
 OPTIMIZERS.register("adam", validate=_only())(lambda o, lr: optax.adam(lr))
 OPTIMIZERS.register("adamw", validate=_only("weight_decay"))(
     lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))
+# yogi (Zaheer et al. 2018): FedYogi's server optimizer (Reddi et al. 2021) with their eps 1e-3
+OPTIMIZERS.register("yogi", validate=_only())(lambda o, lr: optax.yogi(lr, eps=1e-3))
 
 
 def build(config) -> optax.GradientTransformation:

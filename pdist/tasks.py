@@ -60,21 +60,27 @@ def batch_mean(per_example: PerExample):
   return loss
 
 
-def classification_loss(apply_fn, params, batch, rng):
+def classification_scores(logits, y):
   """Per-example softmax cross-entropy and correctness (1.0 / 0.0)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return losses, {"accuracy": (jnp.argmax(logits, -1) == y).astype(jnp.float32)}
+
+
+def language_scores(logits, y):
+  """Per-sequence mean next-token cross-entropy (nats per token), accuracy and bits per byte."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(axis=-1)
+  correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32).mean(axis=-1)
+  return losses, {"accuracy": correct, "bits_per_char": losses / np.log(2.0)}
+
+
+def classification_loss(apply_fn, params, batch, rng):
   del rng
-  logits = apply_fn(params, batch["x"])
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-  return losses, {"accuracy": (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)}
+  return classification_scores(apply_fn(params, batch["x"]), batch["y"])
 
 
 def language_loss(apply_fn, params, batch, rng):
-  """Per-sequence mean next-token cross-entropy (nats per token), accuracy and bits per byte."""
   del rng
-  logits = apply_fn(params, batch["x"])
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(axis=-1)
-  correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32).mean(axis=-1)
-  return losses, {"accuracy": correct, "bits_per_char": losses / np.log(2.0)}
+  return language_scores(apply_fn(params, batch["x"]), batch["y"])
 
 
 def regression_loss(apply_fn, params, batch, rng):
@@ -154,9 +160,12 @@ def build(config, dataset: Dataset) -> Task:
   def per_example_loss(params, batch, rng):
     return scored(apply_fn, params, batch, rng)
 
+  plain = batch_mean(per_example_loss)
+  evaluate = _evaluator(plain, dataset.x_test, dataset.y_test)
+  on_train = _evaluator(plain, dataset.x_train, dataset.y_train)
+  if config.distill.teacher:   # train on labels and the teacher's soft targets (distill.py)
+    per_example_loss = _distilled(config, dataset, apply_fn)
   loss = batch_mean(per_example_loss)
-  evaluate = _evaluator(loss, dataset.x_test, dataset.y_test)
-  on_train = _evaluator(loss, dataset.x_train, dataset.y_train)
   optimum = None
   if dataset.kind == "regression" and config.model.name == "linear":
     optimum = least_squares_optimum(dataset.x_train, dataset.y_train)
@@ -202,6 +211,25 @@ def _language_describe(apply_fn, dataset, length: int = 300, temperature: float 
             "sample": text.decode(np.asarray(generate(params)))}
 
   return describe
+
+
+def _distilled(config, dataset, apply_fn) -> PerExample:
+  """(1 - w) CE(labels) + w T^2 KL(teacher || student), per example (see distill.py)."""
+  from pdist import distill
+  teacher_apply, teacher_params = distill.load_teacher(config, dataset)
+  temperature, weight = float(config.distill.temperature), float(config.distill.weight)
+  scores = language_scores if dataset.kind == "language" else classification_scores
+
+  def per_example(params, batch, rng):
+    del rng
+    logits = apply_fn(params, batch["x"])
+    hard, metrics = scores(logits, batch["y"])
+    soft = distill.soft_loss(logits, teacher_apply(teacher_params, batch["x"]), temperature)
+    if soft.ndim > 1:
+      soft = soft.mean(axis=tuple(range(1, soft.ndim)))
+    return (1 - weight) * hard + weight * soft, {**metrics, "hard_loss": hard}
+
+  return per_example
 
 
 def least_squares_optimum(x: np.ndarray, y: np.ndarray) -> float:

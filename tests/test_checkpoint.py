@@ -30,7 +30,7 @@ VARIANTS = {
            "--config.ps.latency=0.05", "--config.data.batch_size=16"],
     # per-client SCAFFOLD state, dropouts, stragglers and the simulated-time totals
     "federated": ["--config", "experiments/fedavg.py:tiny,scaffold,dropouts",
-                  "--config.train.steps=1000"],
+                  "--config.train.steps=400"],
 }
 
 

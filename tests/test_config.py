@@ -19,7 +19,7 @@ MNIST = os.path.join(EXPERIMENTS, "mnist1d.py") + ":tiny"
     (["--config.nothing.lr=1"], "unknown config field 'config.nothing.lr'"),
     (["--config.optim.learning_rate=-0.1"], "config.optim.learning_rate must be positive, got -0.1"),
     (["--config.optim.learning_rate=fast"], "config.optim.learning_rate must be of type float"),
-    (["--config.model.name=resnet"], "config.model.name='resnet' is not one of: mlp, linear, cnn1d, cnn2d, none"),
+    (["--config.model.name=resnet"], "config.model.name='resnet' is not one of: mlp, linear, cnn1d, cnn2d, transformer, none"),
     (["--config.data.name=imagenet"], "config.data.name='imagenet' is not one of: mnist1d"),
     (["--config.optim.name=lamb"], "config.optim.name='lamb' is not one of: sgd, adam, adamw"),
     (["--config.data.batch_size=100000"],
