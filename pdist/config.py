@@ -21,7 +21,8 @@ import ml_collections
 # importing the implementations registers them (each module registers its own names)
 from pdist import compression, data, distill, models, optim, privacy, strategies  # noqa: F401
 from pdist.registry import (COMPRESSORS, DATASETS, MODELS, OPTIMIZERS, PARTITIONS, PRIVACY,
-                            SCHEDULES, STRATEGIES, ConfigError, check_positive, get)
+                            SCHEDULES, STRATEGIES, ConfigError, check_choice, check_positive,
+                            get)
 
 # the registries whose name a config selects, with the field that selects it
 COMPONENTS = (STRATEGIES, DATASETS, MODELS, OPTIMIZERS, SCHEDULES, PARTITIONS, PRIVACY,
@@ -60,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.layers = 2           # transformer: blocks
   c.model.heads = 4            # transformer: attention heads (must divide width)
   c.model.positions = "learned"  # transformer: learned / rotary
+  c.model.dtype = "float32"    # float32 / bfloat16 (mixed precision: float32 parameters)
+  c.model.qat = False          # quantisation-aware training: int8 fake-quantised weights (STE)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"
@@ -287,6 +290,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.train.seeds={config.train.seeds} does not combine with "
                         "config.privacy or config.compression; run one process per seed")
   distill.validate(config)
+  check_choice(config, "model.dtype", models.DTYPES)
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")
   for _, entry in list(_selected(config)):

@@ -17,9 +17,6 @@ same batch, so every strategy distils unchanged.
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -56,59 +53,23 @@ def soft_loss(student_logits, teacher_logits, temperature: float):
 
 def load_teacher(config, dataset):
   """(apply_fn, params) of the teacher in config.distill.teacher, checked against the student's
-  data: the same dataset and the same number of outputs."""
-  from pdist import config as config_lib
-  from pdist import tasks
+  data: the same dataset (and context length)."""
+  from pdist import artifacts
   workdir = config.distill.teacher
-  config_path = os.path.join(workdir, "config.json")
-  params_path = os.path.join(workdir, "params.npz")
-  if not os.path.exists(config_path):
-    raise ConfigError(f"config.distill.teacher='{workdir}' is not a pdist workdir (no "
-                      "config.json)")
-  if not os.path.exists(params_path):
-    raise ConfigError(f"config.distill.teacher='{workdir}' has no finished parameters "
-                      "(params.npz); train the teacher with --config.train.save_params=true")
-  with open(config_path) as f:
-    teacher = config_lib.base_config()
-    _update(teacher, json.load(f))
+  where = f"config.distill.teacher='{workdir}'"
+  try:
+    teacher = artifacts.load_config(workdir)
+  except ConfigError:
+    raise ConfigError(f"{where} is not a pdist workdir (no config.json)") from None
   if teacher.data.name != config.data.name or (
       teacher.data.name == "numpy_docs" and teacher.data.seq_len != config.data.seq_len):
-    raise ConfigError(f"config.distill.teacher='{workdir}' was trained on "
-                      f"config.data.name='{teacher.data.name}', not '{config.data.name}': its "
-                      "predictions do not fit this task")
+    raise ConfigError(f"{where} was trained on config.data.name='{teacher.data.name}', not "
+                      f"'{config.data.name}': its predictions do not fit this task")
   if dataset.kind not in ("classification", "language"):
     raise ConfigError("config.distill applies to classification and language tasks (soft "
                       f"targets), not '{dataset.kind}'")
-  task = tasks.build(teacher, dataset)
-  abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-  stored = _load(params_path)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  values = []
-  for path, leaf in leaves:
-    key = jax.tree_util.keystr(path)
-    if key not in stored or stored[key].shape != leaf.shape:
-      raise ConfigError(f"config.distill.teacher='{workdir}': its params.npz does not fit its "
-                        f"own model ({key} missing or of another shape); the workdir is damaged "
-                        "or from another pdist version")
-    values.append(jnp.asarray(stored[key], leaf.dtype))
-  return task.apply, jax.tree_util.tree_unflatten(treedef, values)
-
-
-def _load(path: str) -> dict:
-  import numpy as np
   try:
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"cannot read the teacher's parameters {path}: {e}") from None
-
-
-def _update(config, values: dict, prefix: str = "") -> None:
-  """Writes the JSON config's values into `config` (fields this pdist does not know: ignored)."""
-  for key, value in values.items():
-    if key not in config:
-      continue
-    if isinstance(value, dict):
-      _update(config[key], value, f"{prefix}{key}.")
-    else:
-      config[key] = tuple(value) if isinstance(value, list) else value
+    _, task, params = artifacts.load_finished(workdir, dataset)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+  return task.apply, params

@@ -152,6 +152,9 @@ def build(config, dataset: Dataset) -> Task:
     return module.init(rng, sample)["params"]
 
   def apply_fn(params, x):
+    if config.model.qat:   # quantisation-aware: the forward pass sees int8 weights (quantize.py)
+      from pdist.quantize import fake_quantize
+      params = fake_quantize(params)
     return module.apply({"params": params}, x)
 
   scored = {"classification": classification_loss, "language": language_loss}.get(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 from pdist.models.cnn import CNN1D, CNN2D
@@ -40,26 +41,37 @@ def _needs_rank(name: str, rank: int, what: str, inputs: ModelInputs) -> None:
                       f"shape {inputs.input_shape}")
 
 
+DTYPES = ("float32", "bfloat16")
+
+
+def _dtype(m):
+  """The computation dtype (config.model.dtype): bfloat16 is mixed precision — activations and
+  matmuls in bfloat16, parameters, optimizer state and the loss in float32."""
+  return jnp.dtype(m.dtype)
+
+
 @MODELS.register("mlp")
 def _mlp(m, inputs: ModelInputs) -> nn.Module:
-  return MLP(hidden=tuple(m.hidden), num_outputs=inputs.num_outputs)
+  return MLP(hidden=tuple(m.hidden), num_outputs=inputs.num_outputs, dtype=_dtype(m))
 
 
 @MODELS.register("linear")
 def _linear(m, inputs: ModelInputs) -> nn.Module:
-  return MLP(hidden=(), num_outputs=inputs.num_outputs)
+  return MLP(hidden=(), num_outputs=inputs.num_outputs, dtype=_dtype(m))
 
 
 @MODELS.register("cnn1d")
 def _cnn1d(m, inputs: ModelInputs) -> nn.Module:
   _needs_rank("cnn1d", 1, "1-D inputs (signals such as mnist1d, teacher, regression)", inputs)
-  return CNN1D(channels=tuple(m.hidden), kernel=m.kernel, num_outputs=inputs.num_outputs)
+  return CNN1D(channels=tuple(m.hidden), kernel=m.kernel, num_outputs=inputs.num_outputs,
+               dtype=_dtype(m))
 
 
 @MODELS.register("cnn2d")
 def _cnn2d(m, inputs: ModelInputs) -> nn.Module:
   _needs_rank("cnn2d", 2, "image inputs (2-D examples such as digits)", inputs)
-  return CNN2D(channels=tuple(m.hidden), kernel=min(m.kernel, 3), num_outputs=inputs.num_outputs)
+  return CNN2D(channels=tuple(m.hidden), kernel=min(m.kernel, 3), num_outputs=inputs.num_outputs,
+               dtype=_dtype(m))
 
 
 def _validate_transformer(config) -> None:
@@ -79,7 +91,7 @@ def _validate_transformer(config) -> None:
 @MODELS.register("transformer", validate=_validate_transformer)
 def _transformer(m, inputs: ModelInputs) -> nn.Module:
   return Transformer(vocab_size=inputs.vocab_size, seq_len=inputs.seq_len, width=m.width,
-                     layers=m.layers, heads=m.heads, positions=m.positions)
+                     layers=m.layers, heads=m.heads, positions=m.positions, dtype=_dtype(m))
 
 
 def _validate_none(config) -> None:

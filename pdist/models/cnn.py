@@ -6,7 +6,7 @@ then a dense layer over the flattened features.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,27 +16,30 @@ class CNN1D(nn.Module):
   channels: Sequence[int]
   kernel: int
   num_outputs: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = x.reshape((x.shape[0], -1, 1))          # [batch, length, 1 channel]
+    x = x.reshape((x.shape[0], -1, 1)).astype(self.dtype)    # [batch, length, 1 channel]
     for i, ch in enumerate(self.channels):
       k = self.kernel if i == 0 else 3
-      x = nn.relu(nn.Conv(ch, (k,), strides=(2,), padding=[(1, 1)])(x))
+      x = nn.relu(nn.Conv(ch, (k,), strides=(2,), padding=[(1, 1)], dtype=self.dtype)(x))
     x = x.reshape((x.shape[0], -1))
-    return nn.Dense(self.num_outputs)(x)
+    return nn.Dense(self.num_outputs, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 class CNN2D(nn.Module):
   channels: Sequence[int]
   kernel: int
   num_outputs: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     if x.ndim == 3:
       x = x[..., None]                            # [batch, h, w, 1 channel]
+    x = x.astype(self.dtype)
     for ch in self.channels:
-      x = nn.relu(nn.Conv(ch, (self.kernel, self.kernel), padding="SAME")(x))
+      x = nn.relu(nn.Conv(ch, (self.kernel, self.kernel), padding="SAME", dtype=self.dtype)(x))
     x = x.reshape((x.shape[0], -1))
-    return nn.Dense(self.num_outputs)(x)
+    return nn.Dense(self.num_outputs, dtype=self.dtype)(x).astype(jnp.float32)

@@ -9,6 +9,8 @@ layer is tied to the token embedding (its transpose), as in GPT-2.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -28,12 +30,13 @@ class CausalSelfAttention(nn.Module):
   width: int
   heads: int
   positions: str
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     b, t, _ = x.shape
     head_dim = self.width // self.heads
-    qkv = nn.Dense(3 * self.width, name="qkv")(x).reshape(b, t, 3, self.heads, head_dim)
+    qkv = nn.Dense(3 * self.width, dtype=self.dtype, name="qkv")(x).reshape(b, t, 3, self.heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.positions == "rotary":
       q, k = rotary(q), rotary(k)
@@ -42,19 +45,21 @@ class CausalSelfAttention(nn.Module):
     scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
     weights = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(x.dtype)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, self.width)
-    return nn.Dense(self.width, name="out")(out)
+    return nn.Dense(self.width, dtype=self.dtype, name="out")(out)
 
 
 class Block(nn.Module):
   width: int
   heads: int
   positions: str
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = x + CausalSelfAttention(self.width, self.heads, self.positions)(nn.LayerNorm()(x))
-    h = nn.Dense(4 * self.width)(nn.LayerNorm()(x))
-    return x + nn.Dense(self.width)(nn.gelu(h))
+    attend = CausalSelfAttention(self.width, self.heads, self.positions, self.dtype)
+    x = x + attend(nn.LayerNorm(dtype=self.dtype)(x))
+    h = nn.Dense(4 * self.width, dtype=self.dtype)(nn.LayerNorm(dtype=self.dtype)(x))
+    return x + nn.Dense(self.width, dtype=self.dtype)(nn.gelu(h))
 
 
 class Transformer(nn.Module):
@@ -64,15 +69,16 @@ class Transformer(nn.Module):
   layers: int = 2
   heads: int = 4
   positions: str = "learned"   # learned / rotary
+  dtype: Any = jnp.float32     # computation dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
     embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                     name="embed")
+                     dtype=self.dtype, name="embed")
     x = embed(tokens)
     if self.positions == "learned":
       pos = self.param("positions", nn.initializers.normal(0.02), (self.seq_len, self.width))
-      x = x + pos[None, :tokens.shape[1]]
+      x = x + pos[None, :tokens.shape[1]].astype(self.dtype)
     for _ in range(self.layers):
-      x = Block(self.width, self.heads, self.positions)(x)
-    return embed.attend(nn.LayerNorm()(x))
+      x = Block(self.width, self.heads, self.positions, self.dtype)(x)
+    return embed.attend(nn.LayerNorm(dtype=self.dtype)(x)).astype(jnp.float32)

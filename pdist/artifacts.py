@@ -1,0 +1,64 @@
+"""A finished run read back from its workdir: its config (config.json) and final parameters
+(params.npz, written with --config.train.save_params=true), rebuilt into its task's parameter
+tree. Used by distillation (the teacher) and by `python -m pdist.quantize`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdist.registry import ConfigError
+
+
+def load_config(workdir: str):
+  """The run's config: the schema's defaults with config.json's values written in."""
+  from pdist import config as config_lib
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"'{workdir}' is not a pdist workdir (no config.json)")
+  config = config_lib.base_config()
+  with open(path) as f:
+    _update(config, json.load(f))
+  return config
+
+
+def load_finished(workdir: str, dataset=None):
+  """(config, task, params) of the finished run in `workdir`; the task is built on `dataset`
+  (default: the run's own data)."""
+  from pdist import data, tasks
+  config = load_config(workdir)
+  path = os.path.join(workdir, "params.npz")
+  if not os.path.exists(path):
+    raise ConfigError(f"'{workdir}' has no finished parameters (params.npz); train it with "
+                      "--config.train.save_params=true")
+  task = tasks.build(config, dataset if dataset is not None else data.load(config.data))
+  abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  try:
+    with np.load(path) as f:
+      stored = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read {path}: {e}") from None
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  values = []
+  for key_path, leaf in leaves:
+    key = jax.tree_util.keystr(key_path)
+    if key not in stored or stored[key].shape != leaf.shape:
+      raise ConfigError(f"{path} does not fit the run's own model ({key} missing or of another "
+                        "shape): the workdir is damaged or from another pdist version")
+    values.append(jnp.asarray(stored[key], leaf.dtype))
+  return config, task, jax.tree_util.tree_unflatten(treedef, values)
+
+
+def _update(config, values: dict) -> None:
+  """Writes JSON values into `config` (fields this pdist does not know are skipped)."""
+  for key, value in values.items():
+    if key not in config:
+      continue
+    if isinstance(value, dict):
+      _update(config[key], value)
+    else:
+      config[key] = tuple(value) if isinstance(value, list) else value
