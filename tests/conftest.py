@@ -36,6 +36,15 @@ def set_fields(config, **fields):
   return config
 
 
+def assert_one_clear_line(spec: str, args, message: str, workdir, capsys) -> None:
+  """`python -m pdist --config experiments/<spec> ... args` exits 2 with `message` in one line."""
+  from pdist.__main__ import main
+  code = main(["--config", os.path.join(EXPERIMENTS, spec), "--workdir", str(workdir)] + list(args))
+  err = capsys.readouterr().err
+  assert code == 2 and message in err, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def max_diff(a, b) -> float:
   """Largest absolute difference between two pytrees of arrays."""
   import numpy as np

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import load_experiment, max_diff, set_fields
+from conftest import assert_one_clear_line, load_experiment, max_diff, set_fields
 from pdist import config as config_lib
 from pdist import data, strategies, tasks, train
 from pdist.federated import rounds, shamir
 from pdist.federated.secagg import SecAggError, SecureAggregation
-from pdist.__main__ import main
 
 
 def _config(preset="tiny", **fields):
@@ -202,9 +201,4 @@ def test_dp_fedavg_noise_std_and_epsilon():
     (["--config.federated.algorithm=fedsgd"], "config.federated.algorithm='fedsgd' is not one of"),
 ])
 def test_bad_federated_input_gives_one_clear_line(args, message, tmp_path, capsys):
-  from conftest import EXPERIMENTS
-  code = main(["--config", f"{EXPERIMENTS}/fedavg.py:tiny", "--workdir", str(tmp_path / "w")]
-              + args)
-  err = capsys.readouterr().err
-  assert code == 2 and message in err, err
-  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert_one_clear_line("fedavg.py:tiny", args, message, tmp_path / "w", capsys)

@@ -1,0 +1,179 @@
+"""`codistill`: online codistillation (Anil et al. 2018, "Large scale distributed neural network
+training through online distillation").
+
+    --config.strategy=codistill --config.codistill.replicas=2 --config.codistill.exchange_every=50
+
+G replicas of the model train at once, each on its own stream of batches (replica g draws them
+as the run with seed + g would) from its own initialisation. Each replica's loss adds a
+distillation term toward the other replicas' predictions on its batch, made with *stale* copies
+of their parameters, refreshed every `exchange_every` updates:
+
+    loss_g = (1 - weight) CE(labels, z_g) + weight T^2 KL(mean_{h != g} softmax(z_h' / T) || softmax(z_g / T))
+
+with z_h' the logits of replica h's copy from the last exchange. Replicas communicate only those
+parameter copies — G x (model bytes) every `exchange_every` updates (`bytes_exchanged`, a
+running total) — instead of gradients every update, as data-parallel training over G groups
+would (`bytes_exchanged_data_parallel`: G x model bytes per update, for comparison). Each
+replica stands for a group of devices or workers training it data-parallel (which `sync` shows
+equals one device with the group's batch); here the G replicas run as one vmapped program, and
+the exchange is emulated with its bytes counted. Rows carry the mean over replicas of every
+metric and `eval_accuracy_replicas` etc. per replica; the parameters kept (params.npz) are
+replica 0's.
+
+With one replica there is no one to learn from: plain training, exactly. With weight 0 the
+replicas are G independent runs (seeds seed .. seed + G - 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pdist import distill, optim
+from pdist import pipeline as pipeline_lib
+from pdist.data import batch_indices
+from pdist.registry import STRATEGIES, ConfigError, check_positive
+from pdist.strategies import base
+from pdist.tasks import Task
+
+
+def codistill_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.replicas = 2            # G
+  c.exchange_every = 50     # updates between parameter exchanges
+  c.weight = 0.5            # share of the distillation term
+  c.temperature = 1.0       # T
+  return c
+
+
+def validate_codistill(config) -> None:
+  check_positive(config, "codistill.replicas", "codistill.exchange_every",
+                 "codistill.temperature")
+  c = config.codistill
+  if not 0 <= c.weight <= 1:
+    raise ConfigError(f"config.codistill.weight must be in [0, 1], got {c.weight}")
+  if config.distill.teacher:
+    raise ConfigError("config.strategy='codistill' learns from its own replicas; leave "
+                      "config.distill.teacher empty")
+  if config.privacy.mechanism != "none" or config.compression.name != "none":
+    raise ConfigError("config.strategy='codistill' does not combine with config.privacy or "
+                      "config.compression")
+  if config.data.name == "quadratic":
+    raise ConfigError("config.strategy='codistill' distils predictions; the quadratic has none")
+
+
+@STRATEGIES.register("codistill", config=codistill_config, validate=validate_codistill)
+class Codistill(base.Strategy):
+
+  def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
+    if pipeline is not None:
+      raise ConfigError("config.strategy='codistill' takes no gradient pipeline")
+    if task.dataset.kind not in ("classification", "language"):
+      raise ConfigError("config.strategy='codistill' needs a classification or language task")
+    c = config.codistill
+    self.task, self.G, self.E = task, int(c.replicas), int(c.exchange_every)
+    self.weight, self.T = float(c.weight), float(c.temperature)
+    self.tx = optim.build(config)
+    self.first_seed, self.batch_size = int(config.train.seed), config.data.batch_size
+    self.data = jax.device_put(base.training_arrays(task))
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.model_bytes = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(abstract))
+    from pdist import tasks
+    self.scores = (tasks.language_scores if task.dataset.kind == "language"
+                   else tasks.classification_scores)
+    self._chunk = jax.jit(self._run_chunk, static_argnums=(3,), donate_argnums=(0,))
+
+  # -- state ----------------------------------------------------------------------------------------
+  def init(self, rng):
+    del rng  # replica g starts as the run with seed + g would
+    states = []
+    for g in range(self.G):
+      init_key, step_key = base.init_keys(jax.random.PRNGKey(self.first_seed + g))
+      params = self.task.init(init_key)
+      states.append({"params": params, "opt_state": self.tx.init(params), "step_key": step_key})
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    stacked["stale"] = jax.tree.map(jnp.copy, stacked["params"])   # its own buffers (donated)
+    stacked["step"] = jnp.zeros((), jnp.int32)
+    return jax.device_put(stacked)
+
+  def params(self, state):
+    return jax.tree.map(lambda p: p[0], state["params"])
+
+  # -- one update of every replica -------------------------------------------------------------------
+  def _loss(self, params, stale, g, batch):
+    logits = self.task.apply(params, batch["x"])
+    hard, metrics = self.scores(logits, batch["y"])
+    per_example = hard
+    if self.G > 1:
+      others = jax.vmap(self.task.apply, in_axes=(0, None))(stale, batch["x"])   # [G, B, ...]
+      probs = jax.nn.softmax(others / self.T, axis=-1)
+      keep = (jnp.arange(self.G) != g).astype(probs.dtype)
+      keep = keep.reshape((self.G,) + (1,) * (probs.ndim - 1))
+      target = (probs * keep).sum(0) / (self.G - 1)        # the others' mean prediction
+      # as "teacher logits" T log(target), distill.soft_loss is T^2 KL(target || student)
+      soft = distill.soft_loss(logits, self.T * jnp.log(jnp.maximum(target, 1e-30)), self.T)
+      if soft.ndim > 1:
+        soft = soft.mean(axis=tuple(range(1, soft.ndim)))
+      per_example = (1 - self.weight) * hard + self.weight * soft
+      metrics = {**metrics, "hard_loss": hard, "codistill_loss": soft}
+    return per_example.mean(), {"loss": per_example.mean(),
+                                **{k: v.mean() for k, v in metrics.items()}}
+
+  def _update(self, state, idx):
+    def one(params, opt_state, g, rows):
+      batch = base.gather_batch(self.data, rows)
+      grads, metrics = jax.grad(self._loss, has_aux=True)(params, state["stale"], g, batch)
+      params, opt_state = optim.apply_gradient(self.tx, params, opt_state, grads)
+      return params, opt_state, metrics
+
+    params, opt_state, metrics = jax.vmap(one)(state["params"], state["opt_state"],
+                                               jnp.arange(self.G), idx)
+    step = state["step"] + 1
+    exchange = step % self.E == 0
+    stale = jax.tree.map(lambda new, old: jnp.where(exchange, new, old), params, state["stale"])
+    return dict(state, params=params, opt_state=opt_state, stale=stale, step=step), metrics
+
+  def _run_chunk(self, state, data, idx, num_updates: int):
+    del data
+    state, per_step = jax.lax.scan(self._update, state, idx, length=num_updates)
+    return state, jax.tree.map(lambda v: v.mean(axis=0), per_step)   # [G] per metric
+
+  def indices(self, step: int, num_updates: int) -> np.ndarray:
+    """[n, G, B]: replica g's batches are those of the run with seed + g."""
+    per = [batch_indices(self.first_seed + g, step, self.batch_size,
+                         self.task.dataset.num_train, num_steps=num_updates)
+           for g in range(self.G)]
+    return np.stack(per, axis=1)
+
+  # -- the loop's side -------------------------------------------------------------------------------
+  def dispatch(self, state, num_updates: int, step: int | None = None):
+    step = self.step(state) if step is None else step
+    state, metrics = self._chunk(state, None, self.indices(step, num_updates), num_updates)
+    return state, (metrics, step + num_updates)
+
+  def run(self, state, num_updates: int):
+    state, pending = self.dispatch(state, num_updates)
+    return state, self.collect(pending)
+
+  def collect(self, pending):
+    metrics, step = pending
+    out = {}
+    for key, values in jax.device_get(metrics).items():
+      values = np.asarray(values, np.float64)
+      out[key] = float(values.mean())
+      if self.G > 1:
+        out[f"{key}_replicas"] = [float(v) for v in values]
+    out["exchanges"] = step // self.E
+    out["bytes_exchanged"] = (step // self.E) * self.G * self.model_bytes
+    out["bytes_exchanged_data_parallel"] = step * self.G * self.model_bytes
+    return out
+
+  def evaluate(self, state) -> dict:
+    per = [self.task.evaluate(jax.tree.map(lambda p: p[g], state["params"]))
+           for g in range(self.G)]
+    out = {k: float(np.mean([m[k] for m in per])) for k in per[0]}
+    if self.G > 1:
+      out.update({f"{k}_replicas": [m[k] for m in per] for k in per[0]})
+    return out

@@ -1,0 +1,74 @@
+"""Online codistillation: one replica is plain training, zero weight is independent runs, the
+stale copies refresh exactly at the exchanges, resume is exact."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import assert_one_clear_line, load_experiment, max_diff, set_fields
+from pdist import config as config_lib
+from pdist import train
+
+
+def _config(**fields):
+  c = load_experiment("codistill", "tiny")
+  c.train.progress, c.train.tensorboard = False, False
+  c.model.hidden = (32,)
+  set_fields(c, **fields)
+  config_lib.validate(c)
+  return c
+
+
+def _single(seed):
+  c = _config(train__seed=seed)
+  c.strategy = "single"
+  return train.run(c).params
+
+
+def test_one_replica_is_plain_training():
+  got = train.run(_config(codistill__replicas=1)).params
+  assert max_diff(got, _single(0)) < 1e-6
+
+
+def test_zero_weight_is_independent_runs():
+  result = train.run(_config(codistill__weight=0.0, codistill__exchange_every=1))
+  for g in range(2):
+    replica = jax.tree.map(lambda p: p[g], result.state["params"])
+    assert max_diff(replica, _single(g)) < 1e-6
+  distilled = train.run(_config(codistill__weight=0.5, codistill__exchange_every=1))
+  assert max_diff(distilled.state["params"], result.state["params"]) > 1e-4   # it matters
+
+
+def test_stale_copies_refresh_at_exchanges_and_bytes_are_counted():
+  c = _config(codistill__exchange_every=3)
+  from pdist import data, strategies, tasks
+  s = strategies.build(c, tasks.build(c, data.load(c.data)))
+  state = s.init(None)
+  start = jax.tree.map(np.asarray, state["params"])
+  state, row = s.run(state, 2)
+  assert max_diff(state["stale"], start) == 0                    # no exchange yet
+  state, row = s.run(state, 1)
+  assert max_diff(state["stale"], state["params"]) == 0          # the exchange at update 3
+  state, row = s.run(state, 2)
+  assert max_diff(state["stale"], state["params"]) > 0
+  assert row["exchanges"] == 1 and row["bytes_exchanged"] == 2 * s.model_bytes
+  assert row["bytes_exchanged_data_parallel"] == 5 * 2 * s.model_bytes
+
+
+def test_resume_is_bit_identical(tmp_path):
+  ref = train.run(_config(train__steps=20, checkpoint__every=10), str(tmp_path / "ref"))
+  work = str(tmp_path / "run")
+  train.run(_config(train__steps=10, checkpoint__every=10), work)
+  resumed = train.run(_config(train__steps=20, checkpoint__every=10), work)
+  assert resumed.summary["resumed_from"] == 10
+  for a, b in zip(jax.tree.leaves(ref.state), jax.tree.leaves(resumed.state)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.codistill.weight=1.5"], "config.codistill.weight must be in [0, 1]"),
+    (["--config.codistill.replicas=0"], "config.codistill.replicas must be positive"),
+    (["--config.distill.teacher=runs/x"], "learns from its own replicas"),
+])
+def test_bad_codistill_input_gives_one_clear_line(args, message, tmp_path, capsys):
+  assert_one_clear_line("codistill.py:tiny", args, message, tmp_path / "w", capsys)
