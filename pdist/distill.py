@@ -38,6 +38,10 @@ def validate(config) -> None:
     check_unused_at_default(config, "distill", distill_config(), "teacher",
                             "set config.distill.teacher to a finished workdir")
     return
+  if config.privacy.mechanism != "none":
+    raise ConfigError("config.distill with config.privacy: the teacher is not private (it was "
+                      "trained on the data without the privacy accounting), so the student's "
+                      "epsilon would not hold; distil without privacy")
   if not d.temperature > 0:
     raise ConfigError(f"config.distill.temperature must be positive, got {d.temperature}")
   if not 0 <= d.weight <= 1:

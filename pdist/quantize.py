@@ -2,10 +2,10 @@
 
     python -m pdist.quantize WORKDIR      # a finished run with params.npz
 
-Every weight matrix or kernel (a leaf of two or more dimensions) is stored as int8 q with one
-float32 scale per output channel (the last axis): scale = max |w| over the channel / 127,
-q = round(w / scale) in [-127, 127], so w - q * scale is at most scale / 2 per weight. Biases,
-norms and embeddings' positions (one-dimensional leaves, or those too small to matter) stay
+Every leaf of two or more dimensions (weight matrices, kernels, and also a Transformer's token
+embedding and learned positions) is stored as int8 q with one float32 scale per channel of its
+last axis: scale = max |w| over the channel / 127, q = round(w / scale) in [-127, 127], so
+w - q * scale is at most scale / 2 per weight. One-dimensional leaves (biases, norms) stay
 float32. The command evaluates the dequantised model on the held-out set next to the float one,
 reports the accuracy drop and the size reduction, and writes WORKDIR/params_int8.npz and
 WORKDIR/quantized.json.

@@ -317,6 +317,18 @@ def _loop(r: _Run, stop) -> None:
     bar.close()
 
 
+def _close_checkpoints(r: _Run) -> None:
+  """Closes the checkpointer; while another exception is on its way out (Diverged, Preempted, an
+  interrupt), a failing last save is reported in one line rather than replacing it."""
+  if sys.exc_info()[1] is None:
+    r.ckpt.close()
+    return
+  try:
+    r.ckpt.close()
+  except Exception as e:  # noqa: BLE001 -- the exception in flight is the one to report
+    r.log(f"pdist: the last checkpoint could not be written: {e}")
+
+
 def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
   wall = time.perf_counter() - r.started
   done = r.step - r.start_step
@@ -378,6 +390,8 @@ def run(config, workdir: str | None = None, pipeline=None,
             tensorboard=config.train.tensorboard, config_json=config.to_json(indent=2))
       try:
         _loop(r, stop)
+        if r.ckpt is not None:
+          r.ckpt.wait()   # a background save's failure surfaces here, as an OutputError
       except Diverged as e:
         e.summary = _summary(r, "diverged", diverged_at=e.step)
         raise
@@ -387,7 +401,7 @@ def run(config, workdir: str | None = None, pipeline=None,
         if r.writer:
           r.writer.close()
         if r.ckpt is not None:
-          r.ckpt.close()
+          _close_checkpoints(r)
       return _finish(r)
     finally:
       if r.lock is not None:

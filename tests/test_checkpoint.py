@@ -30,7 +30,7 @@ VARIANTS = {
            "--config.ps.latency=0.05", "--config.data.batch_size=16"],
     # per-client SCAFFOLD state, dropouts, stragglers and the simulated-time totals
     "federated": ["--config", "experiments/fedavg.py:tiny,scaffold,dropouts",
-                  "--config.train.steps=400"],
+                  "--config.train.steps=200"],
 }
 
 
@@ -294,3 +294,28 @@ def test_a_flipped_byte_in_any_file_of_a_plain_checkpoint_never_changes_the_run(
   # reads (orbax's commit marker, unused b-tree space) changes nothing and cannot be seen
   assert "meta/metadata" in fell_back
   assert sum("/d/" in f for f in fell_back) >= 2, fell_back
+
+
+def test_a_failed_background_save_is_raised_not_lost(tmp_path, monkeypatch):
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), background=True)
+  started = []
+
+  def fail(step, state, host, config_dict, on_started=None):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(ckpt, "_save_now", fail)
+  ckpt.save(10, {"w": np.zeros(3)}, {}, {}, on_started=started.append)   # returns at once
+  with pytest.raises(OSError, match="No space left"):
+    ckpt.wait()
+  assert started == []
+  ckpt.close()   # the error was delivered once; closing is clean
+
+
+def test_a_failed_last_save_in_a_run_is_an_output_error(tmp_path, monkeypatch):
+  def fail(self, step, state, host, config_dict, on_started=None):
+    raise OSError(28, "No space left on device", "checkpoints")
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "_save_now", fail)
+  c = _config(20, every=10)
+  with pytest.raises(train.workdir_lib.OutputError, match="No space left"):
+    train.run(c, str(tmp_path / "run"))

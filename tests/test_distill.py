@@ -52,15 +52,17 @@ def test_soft_term_gradient_is_its_closed_form():
 
 
 def test_bad_teacher_input_gives_one_clear_line(teacher, tmp_path, capsys):
-  import os
+  import pathlib
   empty = tmp_path / "empty"
   empty.mkdir()
-  (empty / "config.json").write_text(open(os.path.join(teacher, "config.json")).read())
+  (empty / "config.json").write_text(pathlib.Path(teacher, "config.json").read_text())
   cases = [
       (["--config.distill.teacher=" + str(empty)], "has no finished parameters (params.npz)"),
       (["--config.distill.teacher=" + str(tmp_path / "nowhere")], "is not a pdist workdir"),
       (["--config.distill.teacher=" + teacher, "--config.distill.temperature=0"],
        "config.distill.temperature must be positive"),
+      (["--config.distill.teacher=" + teacher, "--config.privacy.mechanism=dpsgd"],
+       "the teacher is not private"),
       (["--config.distill.teacher=" + teacher, "--config.data.name=digits",
         "--config.data.num_train=400", "--config.data.num_test=200"],
        "was trained on config.data.name='mnist1d', not 'digits'"),

@@ -107,6 +107,16 @@ def test_secure_sum_equals_plaintext_sum_bit_for_bit(dropped):
   assert np.abs(sa.decode(total) - x[survived].sum(axis=0)).max() <= k / 2 ** 16
 
 
+def test_saturated_uploads_are_clipped_never_wrapped():
+  k = 10
+  sa = SecureAggregation(4, k, threshold=6, fraction_bits=24)
+  encoded, clipped = sa.encode(np.full((k, 4), 1e9))
+  assert clipped == k * 4
+  total = sa.sum(encoded, np.ones(k, bool))
+  assert np.all(sa.decode(total) > 0)             # k saturated values still sum to a positive
+  assert np.allclose(sa.decode(total), k * sa.bound)
+
+
 def test_too_few_survivors_is_an_error_not_a_wrong_sum():
   sa = SecureAggregation(8, 10, threshold=6)
   encoded, _ = sa.encode(np.ones((10, 8)))
@@ -165,6 +175,17 @@ def test_dp_fedavg_clips_each_client_update():
   assert norms.max() <= 0.01 * (1 + 1e-5) and norms[plan.sampled[0]].min() > 0.0099
 
 
+def test_dp_round_without_survivors_still_releases_noise():
+  c = _config("tiny,dp", federated__dropouts__rate=1.0)
+  f = _strategy(c)
+  state = f.init(jax.random.PRNGKey(0))
+  before = jax.flatten_util.ravel_pytree(state["params"])[0]
+  state, row = f.run(state, 1)
+  assert row["clients_dropped"] == row["clients_sampled"] > 0
+  moved = jax.flatten_util.ravel_pytree(state["params"])[0] - before
+  assert float(jnp.std(moved)) > 0     # the noise, as in any other round
+
+
 def test_dp_fedavg_noise_std_and_epsilon():
   c = _config("tiny,dp", privacy__noise_multiplier=2.0, privacy__clip_norm=1.0,
               federated__client_lr=1e-9)     # updates ~ 0: what moves the server is the noise
@@ -199,6 +220,8 @@ def test_dp_fedavg_noise_std_and_epsilon():
     (["--config.privacy.mechanism=dpfedavg", "--config.privacy.clip_norm=0"],
      "config.privacy.clip_norm must be positive"),
     (["--config.federated.algorithm=fedsgd"], "config.federated.algorithm='fedsgd' is not one of"),
+    (["--config.federated.algorithm=scaffold", "--config.privacy.mechanism=dpfedavg"],
+     "with DP-FedAvg is not private"),
 ])
 def test_bad_federated_input_gives_one_clear_line(args, message, tmp_path, capsys):
   assert_one_clear_line("fedavg.py:tiny", args, message, tmp_path / "w", capsys)

@@ -49,13 +49,14 @@ def test_qat_run_evaluates_as_its_int8_export(tmp_path, capsys):
   workdir = str(tmp_path / "qat")
   result = train.run(_config(qat=True), workdir)
   assert quantize.main([workdir]) == 0
-  report = json.load(open(os.path.join(workdir, "quantized.json")))
+  with open(os.path.join(workdir, "quantized.json")) as f:
+    report = json.load(f)
   assert report["int8"]["eval_accuracy"] == pytest.approx(result.summary["eval_accuracy"],
                                                           abs=1e-9)
   assert 3.0 < report["size_reduction"] < 4.0
   assert "int8 weights" in capsys.readouterr().out
-  stored = np.load(os.path.join(workdir, "params_int8.npz"))
-  assert any(k.endswith(":int8") and stored[k].dtype == np.int8 for k in stored.files)
+  with np.load(os.path.join(workdir, "params_int8.npz")) as stored:
+    assert any(k.endswith(":int8") and stored[k].dtype == np.int8 for k in stored.files)
 
 
 def test_quantize_without_params_is_one_clear_line(tmp_path, capsys):

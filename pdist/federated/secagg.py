@@ -82,15 +82,18 @@ class SecureAggregation:
   def __init__(self, length: int, clients: int, threshold: int, fraction_bits: int = 16):
     self.length, self.clients, self.threshold = length, clients, threshold
     self.scale = float(2 ** fraction_bits)
-    self.bound = (2 ** (RING_BITS - 1) - 1) / self.scale / clients
+    # the largest integer k values of which sum without wrapping, and the float it stands for
+    self.int_bound = (2 ** (RING_BITS - 1) - 1) // clients
+    self.bound = self.int_bound / self.scale
     self.last_cost: RoundCost | None = None
 
   # -- fixed point ------------------------------------------------------------------------------------
   def encode(self, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Float updates [k, length] -> (ring elements uint32 [k, length], coordinates clipped)."""
     x = np.asarray(x, np.float64)
-    clipped = int(np.count_nonzero(np.abs(x) > self.bound))
-    q = np.rint(np.clip(x, -self.bound, self.bound) * self.scale).astype(np.int64)
+    q = np.rint(x * self.scale)
+    clipped = int(np.count_nonzero(np.abs(q) > self.int_bound))
+    q = np.clip(q, -self.int_bound, self.int_bound).astype(np.int64)
     return (q & 0xFFFFFFFF).astype(np.uint32), clipped
 
   def decode(self, total: np.ndarray) -> np.ndarray:

@@ -20,6 +20,9 @@ privacy: a person with many examples gets less protection.
 For federated learning, `dpfedavg` (DP-FedAvg, McMahan et al. 2018) makes the *client* the unit:
 see DPFedAvg below and strategies/federated.py.
 
+The sampling and the noise are drawn from keys derived from config.train.seed: for a real
+release the seed must be secret (anyone who knows it can regenerate and subtract the noise).
+
 Pieces, one idea each: sampling.py (Poisson batches with a fixed cap), clipping.py (per-example
 clipped sums), noise.py (the Gaussian mechanism, added once per update after aggregation),
 accounting.py (dp-accounting's RDP and PLD accountants, calibration to a target epsilon).

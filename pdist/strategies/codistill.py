@@ -10,10 +10,11 @@ of their parameters, refreshed every `exchange_every` updates:
 
     loss_g = (1 - weight) CE(labels, z_g) + weight T^2 KL(mean_{h != g} softmax(z_h' / T) || softmax(z_g / T))
 
-with z_h' the logits of replica h's copy from the last exchange. Replicas communicate only those
-parameter copies — G x (model bytes) every `exchange_every` updates (`bytes_exchanged`, a
-running total) — instead of gradients every update, as data-parallel training over G groups
-would (`bytes_exchanged_data_parallel`: G x model bytes per update, for comparison). Each
+with z_h' the logits of replica h's copy from the last exchange (the term starts after `burn_in`
+updates). Replicas communicate only those parameter copies — each receives the G - 1 others',
+G (G - 1) x model bytes in all every `exchange_every` updates (`bytes_exchanged`, a running
+total) — instead of gradients every update, as data-parallel training over G groups would
+(`bytes_exchanged_data_parallel`: a ring all-reduce, 2 (G - 1) x model bytes per update). Each
 replica stands for a group of devices or workers training it data-parallel (which `sync` shows
 equals one device with the group's batch); here the G replicas run as one vmapped program, and
 the exchange is emulated with its bytes counted. Rows carry the mean over replicas of every
@@ -45,12 +46,14 @@ def codistill_config() -> ml_collections.ConfigDict:
   c.exchange_every = 50     # updates between parameter exchanges
   c.weight = 0.5            # share of the distillation term
   c.temperature = 1.0       # T
+  c.burn_in = 0             # updates of plain training before the distillation term starts
   return c
 
 
 def validate_codistill(config) -> None:
   check_positive(config, "codistill.replicas", "codistill.exchange_every",
                  "codistill.temperature")
+  check_positive(config, "codistill.burn_in", allow_zero=True)
   c = config.codistill
   if not 0 <= c.weight <= 1:
     raise ConfigError(f"config.codistill.weight must be in [0, 1], got {c.weight}")
@@ -74,7 +77,7 @@ class Codistill(base.Strategy):
       raise ConfigError("config.strategy='codistill' needs a classification or language task")
     c = config.codistill
     self.task, self.G, self.E = task, int(c.replicas), int(c.exchange_every)
-    self.weight, self.T = float(c.weight), float(c.temperature)
+    self.weight, self.T, self.burn_in = float(c.weight), float(c.temperature), int(c.burn_in)
     self.tx = optim.build(config)
     self.first_seed, self.batch_size = int(config.train.seed), config.data.batch_size
     self.data = jax.device_put(base.training_arrays(task))
@@ -102,7 +105,7 @@ class Codistill(base.Strategy):
     return jax.tree.map(lambda p: p[0], state["params"])
 
   # -- one update of every replica -------------------------------------------------------------------
-  def _loss(self, params, stale, g, batch):
+  def _loss(self, params, stale, g, batch, weight):
     logits = self.task.apply(params, batch["x"])
     hard, metrics = self.scores(logits, batch["y"])
     per_example = hard
@@ -116,15 +119,19 @@ class Codistill(base.Strategy):
       soft = distill.soft_loss(logits, self.T * jnp.log(jnp.maximum(target, 1e-30)), self.T)
       if soft.ndim > 1:
         soft = soft.mean(axis=tuple(range(1, soft.ndim)))
-      per_example = (1 - self.weight) * hard + self.weight * soft
+      per_example = (1 - weight) * hard + weight * soft
       metrics = {**metrics, "hard_loss": hard, "codistill_loss": soft}
     return per_example.mean(), {"loss": per_example.mean(),
                                 **{k: v.mean() for k, v in metrics.items()}}
 
   def _update(self, state, idx):
+    # the others' predictions count only after burn_in updates (their early ones are near chance)
+    weight = jnp.where(state["step"] >= self.burn_in, self.weight, 0.0)
+
     def one(params, opt_state, g, rows):
       batch = base.gather_batch(self.data, rows)
-      grads, metrics = jax.grad(self._loss, has_aux=True)(params, state["stale"], g, batch)
+      grads, metrics = jax.grad(self._loss, has_aux=True)(params, state["stale"], g, batch,
+                                                          weight)
       params, opt_state = optim.apply_gradient(self.tx, params, opt_state, grads)
       return params, opt_state, metrics
 
@@ -166,8 +173,11 @@ class Codistill(base.Strategy):
       if self.G > 1:
         out[f"{key}_replicas"] = [float(v) for v in values]
     out["exchanges"] = step // self.E
-    out["bytes_exchanged"] = (step // self.E) * self.G * self.model_bytes
-    out["bytes_exchanged_data_parallel"] = step * self.G * self.model_bytes
+    # each exchange: every replica receives the G - 1 others' parameters
+    out["bytes_exchanged"] = (step // self.E) * self.G * (self.G - 1) * self.model_bytes
+    # data parallel over G groups: a ring all-reduce of the gradient moves 2 (G - 1) x model
+    # bytes in all per update
+    out["bytes_exchanged_data_parallel"] = step * 2 * (self.G - 1) * self.model_bytes
     return out
 
   def evaluate(self, state) -> dict:

@@ -55,6 +55,7 @@ from pdist.tasks import Task
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
 DATA_SALT = 0xDA7A
+NOISE_STREAM = 0xFFFFFFFF   # fold_in data no round index reaches: DP noise keys apart from clients
 
 
 def federated_config() -> ml_collections.ConfigDict:
@@ -106,6 +107,10 @@ def validate_federated(config) -> None:
   if f.prox_mu and f.algorithm != "fedprox":
     raise ConfigError(f"config.federated.prox_mu={f.prox_mu} only applies to "
                       "config.federated.algorithm='fedprox'")
+  if f.algorithm == "scaffold" and config.privacy.mechanism != "none":
+    raise ConfigError("config.federated.algorithm='scaffold' with DP-FedAvg is not private: its "
+                      "control variates carry client data that is neither clipped nor noised; "
+                      "use fedavg or fedprox")
   if f.algorithm == "scaffold" and f.client_momentum:
     raise ConfigError("config.federated.algorithm='scaffold' uses plain local SGD (its control "
                       "variate update assumes it); leave config.federated.client_momentum at 0")
@@ -297,7 +302,10 @@ class Federated(base.Strategy):
       delta = delta * jnp.minimum(1.0, self.privacy.clip_norm / jnp.maximum(norm, 1e-12))
       weight = jnp.ones(len(ids), jnp.float32)
     else:
-      weight = self.device_sizes.at[ids].get(mode="fill", fill_value=0).astype(jnp.float32)
+      # example counts over the largest client's: the server divides by the weights' sum, so the
+      # scale cancels, and uploads stay small enough for secure aggregation's fixed point
+      weight = (self.device_sizes.at[ids].get(mode="fill", fill_value=0).astype(jnp.float32)
+                / float(self.sizes.max()))
     weight = weight * sampled
     pieces = [delta * weight[:, None]]
     if self.scaffold:
@@ -312,15 +320,17 @@ class Federated(base.Strategy):
     weight = total[-1]
     if self.privacy is not None:      # the noisy sum over the expected number of clients
       avg = total[:self.D] / self.privacy.batch_size
-      key = jax.random.fold_in(jax.random.fold_in(state["step_key"], state["step"]),
-                               base.PIPELINE_SALT)
+      # a key no client's can equal: client keys fold the round in first, this folds 2^32 - 1
+      key = jax.random.fold_in(jax.random.fold_in(state["step_key"], NOISE_STREAM), state["step"])
       avg_tree, _, _ = self.noise.update(self.unravel(avg), (), None, key)
     else:
       avg_tree = self.unravel(total[:self.D] / jnp.maximum(weight, 1e-12))
     pseudo_grad = jax.tree.map(jnp.negative, avg_tree)
     params, opt_state = optim.apply_gradient(self.tx, state["params"], state["opt_state"],
                                              pseudo_grad)
-    moved = weight > 0            # nobody's upload arrived: the round changes nothing
+    # nobody's upload arrived: the round changes nothing — except under DP, where every round
+    # releases its noisy update (whether a round is empty must not reveal who took part)
+    moved = (weight > 0) if self.privacy is None else jnp.bool_(True)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(moved, a, b), new, old)
     new = dict(state, step=state["step"] + 1, params=keep(params, state["params"]),
                opt_state=keep(opt_state, state["opt_state"]))
