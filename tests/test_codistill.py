@@ -40,7 +40,7 @@ def test_zero_weight_is_independent_runs():
 
 
 def test_stale_copies_refresh_at_exchanges_and_bytes_are_counted():
-  c = _config(codistill__exchange_every=3)
+  c = _config(codistill__exchange_every=3, codistill__latency=0.0, codistill__bandwidth=0.0)
   from pdist import data, strategies, tasks
   s = strategies.build(c, tasks.build(c, data.load(c.data)))
   state = s.init(None)
@@ -53,6 +53,9 @@ def test_stale_copies_refresh_at_exchanges_and_bytes_are_counted():
   assert max_diff(state["stale"], state["params"]) > 0
   assert row["exchanges"] == 1 and row["bytes_exchanged"] == 2 * s.model_bytes
   assert row["bytes_exchanged_data_parallel"] == 5 * 2 * s.model_bytes
+  assert row["sim_time"] == row["sim_time_data_parallel"] == 5.0   # no network cost set
+  s.latency, s.bandwidth = 0.5, float(s.model_bytes)               # one model per time unit
+  assert s.sim_times(5) == (5 + 1 * (0.5 + 1.0), 5 * (1 + 2 * 0.5 + 1.0))
 
 
 def test_resume_is_bit_identical(tmp_path):

@@ -47,13 +47,19 @@ def codistill_config() -> ml_collections.ConfigDict:
   c.weight = 0.5            # share of the distillation term
   c.temperature = 1.0       # T
   c.burn_in = 0             # updates of plain training before the distillation term starts
+  # simulated time: each update takes compute_time; a message latency + bytes / bandwidth
+  c.compute_time = 1.0
+  c.latency = 0.0
+  c.bandwidth = 0.0         # bytes per time unit per link; 0 = unlimited
   return c
 
 
 def validate_codistill(config) -> None:
   check_positive(config, "codistill.replicas", "codistill.exchange_every",
                  "codistill.temperature")
-  check_positive(config, "codistill.burn_in", allow_zero=True)
+  check_positive(config, "codistill.compute_time")
+  check_positive(config, "codistill.burn_in", "codistill.latency", "codistill.bandwidth",
+                 allow_zero=True)
   c = config.codistill
   if not 0 <= c.weight <= 1:
     raise ConfigError(f"config.codistill.weight must be in [0, 1], got {c.weight}")
@@ -78,6 +84,8 @@ class Codistill(base.Strategy):
     c = config.codistill
     self.task, self.G, self.E = task, int(c.replicas), int(c.exchange_every)
     self.weight, self.T, self.burn_in = float(c.weight), float(c.temperature), int(c.burn_in)
+    self.compute, self.latency, self.bandwidth = (float(c.compute_time), float(c.latency),
+                                                  float(c.bandwidth))
     self.tx = optim.build(config)
     self.first_seed, self.batch_size = int(config.train.seed), config.data.batch_size
     self.data = jax.device_put(base.training_arrays(task))
@@ -178,7 +186,21 @@ class Codistill(base.Strategy):
     # data parallel over G groups: a ring all-reduce of the gradient moves 2 (G - 1) x model
     # bytes in all per update
     out["bytes_exchanged_data_parallel"] = step * 2 * (self.G - 1) * self.model_bytes
+    out["sim_time"], out["sim_time_data_parallel"] = self.sim_times(step)
     return out
+
+  def sim_times(self, step: int) -> tuple[float, float]:
+    """Simulated time after `step` updates: codistillation (replicas compute side by side; an
+    exchange sends each replica the others' parameters over its link, G - 1 models) against data
+    parallel over the G groups (a ring all-reduce after every update: 2 (G - 1) / G models per
+    link, 2 (G - 1) messages)."""
+    def transfer(models: float, messages: int) -> float:
+      wire = models * self.model_bytes / self.bandwidth if self.bandwidth > 0 else 0.0
+      return messages * self.latency + wire
+    exchanges = step // self.E
+    codistill = step * self.compute + exchanges * transfer(self.G - 1, 1 if self.G > 1 else 0)
+    ring = transfer(2 * (self.G - 1) / self.G, 2 * (self.G - 1)) if self.G > 1 else 0.0
+    return codistill, step * (self.compute + ring)
 
   def evaluate(self, state) -> dict:
     per = [self.task.evaluate(jax.tree.map(lambda p: p[g], state["params"]))
