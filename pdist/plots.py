@@ -100,9 +100,13 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
     ax.grid(alpha=0.3)
   for ax in list(axes.flat)[len(panels):]:
     ax.set_visible(False)
-  # one legend for the figure, naming every run (one with nothing to draw is still listed)
-  handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=label)
-             for i, (label, _) in enumerate(runs)]
+  # one legend for the figure, naming every run (one with nothing to draw is still listed, and
+  # says so when it lacks the x axis, e.g. a run without simulated time on a sim_time figure)
+  def shown(label, rows):
+    has_x = any(isinstance(r.get(x), (int, float)) for r in rows)
+    return label if has_x or not rows else f"{label} (no {X_LABELS.get(x, x)})"
+  handles = [plt.Line2D([], [], color=colors[i % len(colors)], label=shown(label, rows))
+             for i, (label, rows) in enumerate(runs)]
   fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=8,
              frameon=False)
   fig.tight_layout(rect=(0, 0.05 + 0.03 * ((len(handles) - 1) // 5), 1, 1))
