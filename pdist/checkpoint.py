@@ -109,13 +109,22 @@ def steps_matter(flat: dict) -> bool:
           or (flat.get("privacy.target_epsilon") or 0) > 0)
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-  """Fields (dotted) that differ and matter for resuming exactly."""
+def config_differences(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+  """Fields (dotted) that differ and matter for resuming exactly. A field the saved config does
+  not have (added to pdist after it was written) matches when the current value is the field's
+  default in `defaults`: the run's math has not changed."""
   a, b = _flat_config(saved), _flat_config(current)
+  d = _flat_config(defaults) if defaults else {}
   harmless = set(HARMLESS_FIELDS)
   if steps_matter(a) or steps_matter(b):
     harmless.discard("train.steps")
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in harmless)
+
+  def differs(k):
+    if k not in a and k in d and b.get(k) == d[k]:
+      return False
+    return a.get(k) != b.get(k)
+
+  return sorted(k for k in set(a) | set(b) if k not in harmless and differs(k))
 
 
 def digest(state, host: dict, config_dict: dict) -> str:
@@ -295,8 +304,10 @@ class Checkpointer:
                             "is corrupt")
     return state, meta["host"], meta
 
-  def restore_latest(self, abstract, config_dict: dict) -> tuple[int, Any, dict] | None:
-    """(step, state, host) of the newest readable checkpoint; None if there is none at all."""
+  def restore_latest(self, abstract, config_dict: dict,
+                     defaults: dict | None = None) -> tuple[int, Any, dict] | None:
+    """(step, state, host) of the newest readable checkpoint; None if there is none at all.
+    `defaults`: the schema's defaults, for fields newer than a checkpoint's config."""
     steps = self.steps()
     if not steps:
       return None
@@ -308,7 +319,7 @@ class Checkpointer:
         failures.append((step, _one_line(e)))
         self._say_fallback(step, failures[-1][1], steps)
         continue
-      differing = config_differences(meta["config"], config_dict)
+      differing = config_differences(meta["config"], config_dict, defaults)
       if differing:
         shown = ", ".join(f"config.{k}" for k in differing[:8])
         raise CheckpointError(

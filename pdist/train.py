@@ -140,7 +140,7 @@ def _open_checkpoints(config, workdir, strategy, state, log):
       log(f"pdist: restart=fresh: discarding the checkpoints in {directory}")
       ckpt.discard_all()
     return ckpt, state, 0
-  found = ckpt.restore_latest(state, config.to_dict())
+  found = ckpt.restore_latest(state, config.to_dict(), config_lib.base_config().to_dict())
   if found is None:
     return ckpt, state, 0
   step, state, host = found

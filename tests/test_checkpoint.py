@@ -319,3 +319,14 @@ def test_a_failed_last_save_in_a_run_is_an_output_error(tmp_path, monkeypatch):
   c = _config(20, every=10)
   with pytest.raises(train.workdir_lib.OutputError, match="No space left"):
     train.run(c, str(tmp_path / "run"))
+
+
+def test_fields_newer_than_a_checkpoint_match_at_their_defaults():
+  from pdist import config as config_lib
+  defaults = config_lib.base_config().to_dict()
+  current = load_experiment("mnist1d", "tiny").to_dict()
+  saved = {k: v for k, v in current.items() if k != "distill"}      # written before distill
+  saved["model"] = {k: v for k, v in current["model"].items() if k != "dtype"}
+  assert ckpt_lib.config_differences(saved, current, defaults) == []
+  current["model"]["dtype"] = "bfloat16"                              # not the default: differs
+  assert ckpt_lib.config_differences(saved, current, defaults) == ["model.dtype"]
