@@ -44,6 +44,16 @@ def _env():
               XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
+def _reference(variant, workdir):
+  """The uninterrupted run, in this process (the same config and devices as the command line's,
+  a subprocess's start-up saved): params.npz and metrics.jsonl in `workdir`."""
+  from pdist import config as config_lib
+  args = VARIANTS[variant] + BASE
+  spec = os.path.join(ROOT, args[args.index("--config") + 1])
+  overrides = [a for a in args if a.startswith("--config.")]
+  train.run(config_lib.load(spec, overrides), str(workdir))
+
+
 def _run(cmd, expect=0):
   proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == expect, proc.stderr[-3000:]
@@ -75,7 +85,7 @@ def _same_params(a, b):
 @pytest.mark.parametrize("variant", ["single", "sync", "ps", "federated"])
 def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
   ref, run = tmp_path / "ref", tmp_path / "run"
-  _run(_cmd(variant, ref))
+  _reference(variant, ref)
   rng = random.Random(variant)
   # the line is printed when a save starts; orbax finishes one async save before starting the
   # next, so after the second line at least one checkpoint is committed
@@ -96,7 +106,7 @@ def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_where_it_arrived(tmp_path):
   ref, run = tmp_path / "ref", tmp_path / "run"
-  _run(_cmd("single", ref))
+  _reference("single", ref)
   proc, _ = _start_and_wait_for_checkpoints(_cmd("single", run), 2)
   proc.send_signal(signal.SIGTERM)
   err = proc.stderr.read()
