@@ -29,6 +29,17 @@ def load_experiment(name: str, arg: str = "tiny", overrides=()):
                          overrides)
 
 
+def quiet_experiment(name: str, preset: str = "tiny", **fields):
+  """experiments/<name>.py:<preset> with fields set ("__" for "."), no progress bar or
+  TensorBoard files, validated."""
+  c = load_experiment(name, preset)
+  c.train.progress = False
+  c.train.tensorboard = False
+  set_fields(c, **fields)
+  config_lib.validate(c)
+  return c
+
+
 def set_fields(config, **fields):
   """Sets dotted fields written with "__" for ".": set_fields(c, ps__workers=4)."""
   for key, value in fields.items():

@@ -5,18 +5,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_one_clear_line, load_experiment, max_diff, set_fields
-from pdist import config as config_lib
+from conftest import assert_one_clear_line, max_diff, quiet_experiment
 from pdist import train
 
 
 def _config(**fields):
-  c = load_experiment("codistill", "tiny")
-  c.train.progress, c.train.tensorboard = False, False
-  c.model.hidden = (32,)
-  set_fields(c, **fields)
-  config_lib.validate(c)
-  return c
+  return quiet_experiment("codistill", "tiny", model__hidden=(32,), **fields)
 
 
 def _single(seed):

@@ -21,7 +21,7 @@ def test_every_experiment_runs_tiny_somewhere():
   for name, where in RUN_ELSEWHERE.items():
     assert name in NAMES
     with open(os.path.join(ROOT, "tests", where)) as f:
-      assert f'load_experiment("{name}"' in f.read(), (name, where)
+      assert f'experiment("{name}"' in f.read(), (name, where)
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in RUN_ELSEWHERE])

@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import assert_one_clear_line, load_experiment, max_diff, set_fields
-from pdist import config as config_lib
+from conftest import assert_one_clear_line, max_diff, quiet_experiment
 from pdist import data, strategies, tasks, train
 from pdist.federated import rounds, shamir
 from pdist.federated.secagg import SecAggError, SecureAggregation
 
 
 def _config(preset="tiny", **fields):
-  c = load_experiment("fedavg", preset)
-  c.train.progress = False
-  c.train.tensorboard = False
-  set_fields(c, **fields)
-  config_lib.validate(c)
-  return c
+  return quiet_experiment("fedavg", preset, **fields)
 
 
 def _strategy(c):

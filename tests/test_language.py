@@ -8,20 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_one_clear_line, load_experiment, max_diff, set_fields
-from pdist import config as config_lib
+from conftest import assert_one_clear_line, max_diff, quiet_experiment
 from pdist import data, tasks, train
 from pdist.data import text
 from pdist.models.transformer import rotary
 
 
 def _config(preset="tiny", **fields):
-  c = load_experiment("charlm", preset)
-  c.train.progress = False
-  c.train.tensorboard = False
-  set_fields(c, **fields)
-  config_lib.validate(c)
-  return c
+  return quiet_experiment("charlm", preset, **fields)
 
 
 def _task(c):

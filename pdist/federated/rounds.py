@@ -7,7 +7,8 @@ rounds.
 
 - Sampling: `clients_per_round` distinct clients, uniformly (numpy's choice without replacement);
   under DP-FedAvg each client joins independently with probability q = clients_per_round / clients
-  (Poisson, the accountant's assumption), padded to a fixed cap with empty slots.
+  (Poisson, the accountant's assumption: privacy/sampling.poisson_batches, DP-SGD's draw), padded
+  to a fixed cap with empty slots.
 - Time (simulated units, the parameter server's timing model, ps/timing.py): a client downloads
   the model (latency + bytes / bandwidth), runs its local steps (steps x compute time, lognormal
   noise and straggler factor per client), uploads (latency + bytes / bandwidth).
@@ -23,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from pdist.privacy import sampling
 from pdist.ps.timing import TimingModel
 
 SALT = 0xFED
@@ -52,22 +54,24 @@ class RoundPlanner:
     self.scripted = {(int(r), int(c)) for r, c in fed_config.dropouts.at}
     self.deadline = float(fed_config.deadline)
 
-  def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  def sample(self, rng: np.random.Generator, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot ids, slot holds a client) of round r: without replacement, or under DP DP-SGD's own
+    truncated Poisson draw (privacy/sampling.py) with clients in place of examples."""
+    if self.cap is not None:
+      idx, mask = sampling.poisson_batches(self.seed, r, 1, self.num_clients,
+                                           self.m / self.num_clients, self.cap)
+      sampled = mask[0] > 0
+      return np.where(sampled, idx[0], self.num_clients).astype(np.int32), sampled
     ids = np.full(self.slots, self.num_clients, np.int32)
-    if self.cap is None:
-      chosen = rng.choice(self.num_clients, self.m, replace=False)
-    else:
-      q = self.m / self.num_clients
-      chosen = rng.permutation(np.flatnonzero(rng.random(self.num_clients) < q))[:self.cap]
-    ids[:len(chosen)] = chosen
-    return ids, np.arange(self.slots) < len(chosen)
+    ids[:self.m] = rng.choice(self.num_clients, self.m, replace=False)
+    return ids, np.arange(self.slots) < self.m
 
   def plan(self, first: int, n: int) -> Plan:
     out = Plan(np.zeros((n, self.slots), np.int32), np.zeros((n, self.slots), bool),
                np.zeros((n, self.slots), bool), np.zeros(n))
     for i, r in enumerate(range(first, first + n)):
       rng = np.random.default_rng([self.seed, r, SALT])
-      ids, sampled = self.sample(rng)
+      ids, sampled = self.sample(rng, r)
       real = ids[sampled]
       finish = (self.timing.pull_transfer + self.timing.push_transfer
                 + self.steps[real] * self.timing.compute_many(rng, real))

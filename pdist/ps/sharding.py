@@ -24,7 +24,7 @@ def partition_leaves(params, num_shards: int) -> list[list[int]]:
   if num_shards > len(leaves):
     raise ConfigError(f"config.ps.shards={num_shards} but the model has only {len(leaves)} "
                       "parameter arrays (leaves) to split over shards")
-  sizes = [int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in leaves]
+  sizes = [leaf_bytes(x) for x in leaves]
   load = [0] * num_shards
   shards: list[list[int]] = [[] for _ in range(num_shards)]
   for i in sorted(range(len(leaves)), key=lambda i: (-sizes[i], i)):
@@ -34,10 +34,18 @@ def partition_leaves(params, num_shards: int) -> list[list[int]]:
   return [sorted(s) for s in shards]
 
 
+def leaf_bytes(x) -> int:
+  return int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+
+
+def tree_bytes(params) -> int:
+  """Bytes of every leaf of a pytree (arrays or shape structs): what sending it costs."""
+  return sum(leaf_bytes(x) for x in jax.tree.leaves(params))
+
+
 def shard_bytes(params, shards: Sequence[Sequence[int]]) -> list[int]:
   leaves = jax.tree.leaves(params)
-  return [sum(int(np.prod(np.shape(leaves[i]))) * np.dtype(leaves[i].dtype).itemsize for i in s)
-          for s in shards]
+  return [sum(leaf_bytes(leaves[i]) for i in s) for s in shards]
 
 
 def init_opt_states(tx: optax.GradientTransformation, params, shards) -> list[Any]:

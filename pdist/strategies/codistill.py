@@ -34,9 +34,10 @@ import numpy as np
 
 from pdist import distill, optim
 from pdist import pipeline as pipeline_lib
-from pdist.data import batch_indices
+from pdist.ps import sharding
 from pdist.registry import STRATEGIES, ConfigError, check_positive
 from pdist.strategies import base
+from pdist.strategies.seeds import seed_batches
 from pdist.tasks import Task
 
 
@@ -90,7 +91,7 @@ class Codistill(base.Strategy):
     self.first_seed, self.batch_size = int(config.train.seed), config.data.batch_size
     self.data = jax.device_put(base.training_arrays(task))
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    self.model_bytes = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(abstract))
+    self.model_bytes = sharding.tree_bytes(abstract)
     from pdist import tasks
     self.scores = (tasks.language_scores if task.dataset.kind == "language"
                    else tasks.classification_scores)
@@ -157,10 +158,9 @@ class Codistill(base.Strategy):
 
   def indices(self, step: int, num_updates: int) -> np.ndarray:
     """[n, G, B]: replica g's batches are those of the run with seed + g."""
-    per = [batch_indices(self.first_seed + g, step, self.batch_size,
-                         self.task.dataset.num_train, num_steps=num_updates)
-           for g in range(self.G)]
-    return np.stack(per, axis=1)
+    per = seed_batches(range(self.first_seed, self.first_seed + self.G), step, self.batch_size,
+                       self.task.dataset.num_train, num_updates)
+    return per.transpose(1, 0, 2)
 
   # -- the loop's side -------------------------------------------------------------------------------
   def dispatch(self, state, num_updates: int, step: int | None = None):

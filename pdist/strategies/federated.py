@@ -46,8 +46,7 @@ from pdist import pipeline as pipeline_lib
 from pdist import privacy as privacy_lib
 from pdist.federated import rounds
 from pdist.federated.secagg import SecAggError, SecureAggregation
-from pdist.privacy import noise
-from pdist.ps import timing
+from pdist.ps import sharding, timing
 from pdist.registry import (PARTITIONS, STRATEGIES, ConfigError, check_choice,
                             check_positive)
 from pdist.strategies import base
@@ -179,16 +178,14 @@ class Federated(base.Strategy):
     self.D = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(abstract))
     self.scaffold = f.algorithm == "scaffold"
     self.L = self.D * (2 if self.scaffold else 1) + 1      # an upload's length
-    model_bytes = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(abstract))
+    model_bytes = sharding.tree_bytes(abstract)
     self.bytes_down = model_bytes * (2 if self.scaffold else 1)
     self.bytes_up = model_bytes * (2 if self.scaffold else 1)
     # user-level differential privacy
     self.privacy = privacy_lib.build(config, self.N)
     cap = self.privacy.cap if self.privacy is not None else None
-    self.noise = noise.gaussian_noise(0.0)
-    if self.privacy is not None:
-      self.noise = noise.gaussian_noise(
-          self.privacy.noise_multiplier * self.privacy.clip_norm / self.privacy.batch_size)
+    # N(0, (sigma C / expected clients)^2) on the average: DPSGD.noise, clients for examples
+    self.noise = self.privacy.noise() if self.privacy is not None else None
     self.secagg = None
     if f.secure_aggregation:
       self.secagg = SecureAggregation(self.L, cap or f.clients_per_round, threshold(config),

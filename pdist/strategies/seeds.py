@@ -24,6 +24,13 @@ from pdist.strategies import base
 from pdist.strategies.single import Single
 
 
+def seed_batches(seeds, step: int, batch_size: int, num_train: int, num_steps: int) -> np.ndarray:
+  """[seeds, num_steps, batch_size]: each seed's batches of updates [step, step + num_steps), as
+  the run with that seed draws them."""
+  return np.stack([batch_indices(s, step, batch_size, num_train, num_steps=num_steps)
+                   for s in seeds])
+
+
 class Seeds(base.Strategy):
   """N vmapped copies of `Single` (its state gains a leading seed axis)."""
 
@@ -56,9 +63,8 @@ class Seeds(base.Strategy):
     step = self.step(state)
     idx = None
     if self.inner.data is not None:
-      idx = np.stack([batch_indices(s, step, self.inner.batch_size,
-                                    self.task.dataset.num_train, num_steps=num_updates)
-                      for s in self.seeds()])
+      idx = seed_batches(self.seeds(), step, self.inner.batch_size,
+                         self.task.dataset.num_train, num_updates)
     state, metrics = self._chunk(state, self.inner.data, idx, num_updates)
     return state, summarise(jax.device_get(metrics))
 
