@@ -45,8 +45,8 @@ def _env():
 
 
 def _reference(variant, workdir):
-  """The uninterrupted run, in this process (the same config and devices as the command line's,
-  a subprocess's start-up saved): params.npz and metrics.jsonl in `workdir`."""
+  """The run of `_cmd(variant, workdir)` in this process (the same config and devices as the
+  command line's, a subprocess's start-up saved): params.npz and metrics.jsonl in `workdir`."""
   from pdist import config as config_lib
   args = VARIANTS[variant] + BASE
   spec = os.path.join(ROOT, args[args.index("--config") + 1])
@@ -83,7 +83,7 @@ def _same_params(a, b):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["single", "sync", "ps", "federated"])
-def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
+def test_killed_run_resumes_bit_for_bit(variant, tmp_path, capsys):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _reference(variant, ref)
   rng = random.Random(variant)
@@ -95,8 +95,9 @@ def test_killed_run_resumes_bit_for_bit(variant, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
-  resumed = _run(_cmd(variant, run))
-  assert "pdist: resuming from the checkpoint at update" in resumed.stderr
+  capsys.readouterr()
+  _reference(variant, run)  # the same command, resumed in this process (a start-up saved)
+  assert "pdist: resuming from the checkpoint at update" in capsys.readouterr().err
   _same_params(ref, run)
   ref_rows, rows = metrics.read(str(ref)), metrics.read(str(run))
   assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]  # each step exactly once
@@ -116,7 +117,7 @@ def test_sigterm_saves_a_checkpoint_where_it_arrived(tmp_path):
   last_logged = metrics.read(str(run))[-1]["step"]
   assert saved == last_logged < 200  # the update the run had reached, and nothing after it
   assert saved in ckpt_lib.Checkpointer(str(run / "checkpoints")).steps()
-  _run(_cmd("single", run))
+  _reference("single", run)  # resumed in this process
   _same_params(ref, run)
 
 
@@ -182,12 +183,16 @@ def test_incompatible_config_names_the_fields_and_harmless_changes_pass(tmp_path
 
 
 @pytest.mark.slow
-def test_command_line_reports_checkpoint_errors_in_one_line(tmp_path):
+def test_command_line_reports_checkpoint_errors_in_one_line(tmp_path, capsys):
+  from pdist.__main__ import main
   work = tmp_path / "run"
-  cmd = _cmd("single", work, ["--config.train.steps=40"])
-  _run(cmd)
-  proc = _run(cmd + ["--config.model.hidden=(8,8)"], expect=2)
-  assert "config.model.hidden" in proc.stderr and "Traceback" not in proc.stderr
+  args = _cmd("single", work, ["--config.train.steps=40"])[3:]  # after `python -m pdist`
+  assert main(args) == 0
+  capsys.readouterr()
+  assert main(args + ["--config.model.hidden=(8,8)"]) == 2
+  err = capsys.readouterr().err
+  assert "config.model.hidden" in err and "Traceback" not in err
+  assert len(err.strip().splitlines()) == 1
 
 
 def _key_file(tmp_path, name="key"):

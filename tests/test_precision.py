@@ -33,14 +33,14 @@ def test_int8_round_trip_error_is_at_most_half_a_step():
 
 
 def test_qat_gradient_is_the_plain_gradient_at_the_quantised_weights():
-  task_q = tasks.build(_config(qat=True), data.load(_config().data))
-  task = tasks.build(_config(), data.load(_config().data))
+  dataset = data.load(_config().data)
+  task_q, task = tasks.build(_config(qat=True), dataset), tasks.build(_config(), dataset)
   params = task.init(jax.random.PRNGKey(0))
   batch = {"x": jnp.asarray(task.dataset.x_train[:32]), "y": jnp.asarray(task.dataset.y_train[:32])}
-  g_qat = jax.grad(lambda p: task_q.loss(p, batch, None)[0])(params)
+  g_qat = jax.jit(jax.grad(lambda p: task_q.loss(p, batch, None)[0]))(params)
   rounded = jax.tree.map(lambda w: quantize.dequantize(*quantize.quantize(w))
                          if quantize.quantizable(w) else w, params)
-  g_plain = jax.grad(lambda p: task.loss(p, batch, None)[0])(rounded)
+  g_plain = jax.jit(jax.grad(lambda p: task.loss(p, batch, None)[0]))(rounded)
   for a, b in zip(jax.tree.leaves(g_qat), jax.tree.leaves(g_plain)):
     assert np.allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
