@@ -125,6 +125,33 @@ def _metrics_up_to(workdir: str, step: int) -> list[dict[str, Any]]:
   return kept
 
 
+TRACE = "trace.jsonl"
+
+
+def _trace_up_to(workdir: str, count: int, log) -> None:
+  """Cuts WORKDIR/trace.jsonl (a strategy's event records) back to the first `count` records,
+  those the resumed state has seen."""
+  path = os.path.join(workdir, TRACE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  if len(lines) < count:
+    log(f"pdist: {path} has {len(lines)} records but the checkpoint saw {count}; the trace "
+        "cannot be replayed past its end")
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines[:count])
+  os.replace(path + ".tmp", path)
+
+
+def _write_records(r) -> None:
+  records = r.strategy.records()
+  if records and r.is_writer:
+    with open(os.path.join(r.workdir, TRACE), "a") as f:
+      for rec in records:
+        f.write(json.dumps(rec) + "\n")
+
+
 def _open_checkpoints(config, workdir, strategy, state, log):
   """(checkpointer, state, start step) after resuming from WORKDIR/checkpoints if possible."""
   from pdist import checkpoint as ckpt_lib
@@ -218,6 +245,7 @@ def _resume(r: _Run) -> None:
     r.log(f"pdist: {metrics_path} has no row for update {r.start_step} (removed or cut short); "
           "rows from here on are written, earlier ones are not recovered")
   r.last_row = previous[-1] if previous else {}
+  _trace_up_to(r.workdir, r.strategy.records_count(), r.log)
   if r.start_step >= r.config.train.steps:
     path = os.path.join(r.workdir, "summary.json")
     r.finished = metrics.read_json(path) if os.path.exists(path) else None
@@ -270,6 +298,7 @@ def _loop(r: _Run, stop) -> None:
 
   def finish(pending, n: int, step: int, with_state: bool) -> dict[str, Any]:
     chunk = r.strategy.collect(pending)
+    _write_records(r)
     now = time.perf_counter()
     row = _row(r, chunk, n, now - last[0], step, with_state)
     last[0] = now
@@ -404,5 +433,6 @@ def run(config, workdir: str | None = None, pipeline=None,
           _close_checkpoints(r)
       return _finish(r)
     finally:
+      r.strategy.close()
       if r.lock is not None:
         r.lock.release()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -73,6 +74,16 @@ class Worker:
 
   def compute(self, params, iteration: int):
     """The gradient of this worker's `iteration`-th batch at `params`."""
+    return self.gradient(params, iteration)[0]
+
+  def gradient(self, params, iteration: int):
+    """(gradient, {"loss", **task metrics}) of this worker's `iteration`-th batch at `params`."""
     rng = jax.random.fold_in(self._key, iteration)
-    grads, _ = self._grad(params, self._batch(iteration), rng)
-    return grads
+    grads, (loss, aux) = self._grad(params, self._batch(iteration), rng)
+    return grads, {"loss": loss, **aux}
+
+
+@jax.jit
+def average(grads: list):
+  """The mean of several workers' gradients, in the order given (a bsp round's)."""
+  return jax.tree.map(lambda *g: jnp.mean(jnp.stack(g), axis=0), *grads)

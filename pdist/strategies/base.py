@@ -71,6 +71,19 @@ class Strategy(abc.ABC):
   def load_host_state(self, d: dict) -> None:
     del d
 
+  def records(self) -> list[dict]:
+    """Event records produced since the last call (train.run appends them to
+    WORKDIR/trace.jsonl); none for most strategies."""
+    return []
+
+  def records_count(self) -> int:
+    """How many records this run has produced in all (part of the host state, so a resumed run
+    cuts trace.jsonl back to its checkpoint)."""
+    return 0
+
+  def close(self) -> None:
+    """Releases what the strategy started outside this process (train.run calls it last)."""
+
   def examples_per_update(self, config) -> int:
     """Training examples behind one update (for the `epoch` metric)."""
     return config.data.batch_size

@@ -57,6 +57,11 @@ def ps_config() -> ml_collections.ConfigDict:
   c.failures.rate = 0.0             # crashes per worker per time unit (Poisson)
   c.failures.at = ()                # ((time, worker), ...) scripted crashes
   c.failures.restart_delay = 1.0
+  # where the workers run: "emulator" (one process, simulated time: the default) or "ray" (real
+  # worker processes, real clocks; see strategies/ps_ray.py)
+  c.backend = "emulator"
+  c.ray_address = ""        # ray: an existing cluster ("auto", "HOST:PORT"); "" starts one here
+  c.ray_worker_cpus = 1.0   # ray: CPUs each worker reserves
   return c
 
 
@@ -77,6 +82,12 @@ def validate_ps(config) -> None:
   if ps.backup_workers >= ps.workers:
     raise ConfigError(f"config.ps.backup_workers={ps.backup_workers} must be below "
                       f"config.ps.workers={ps.workers}")
+  check_choice(config, "ps.backend", ("emulator", "ray"))
+  if ps.backend == "ray":
+    from pdist.strategies.ps_ray import validate_ray  # noqa: PLC0415  (ray only when asked)
+    validate_ray(config)
+  elif ps.ray_address:
+    raise ConfigError("config.ps.ray_address only applies to config.ps.backend='ray'")
   for item in ps.failures.at:
     if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] < 0
         or not 0 <= int(item[1]) < ps.workers):
@@ -93,6 +104,14 @@ def _put(tree, i, values):
 
 
 @STRATEGIES.register("ps", config=ps_config, validate=validate_ps)
+def parameter_server(config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
+  """The `ps` strategy on its backend: the emulator below, or real processes on Ray."""
+  if config.ps.backend == "ray":
+    from pdist.strategies.ps_ray import RayParameterServer  # noqa: PLC0415
+    return RayParameterServer(config, task, pipeline=pipeline)
+  return ParameterServerStrategy(config, task, pipeline=pipeline)
+
+
 class ParameterServerStrategy(base.Strategy):
 
   def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None,

@@ -1,0 +1,419 @@
+"""`ps` on real processes: `--config.ps.backend=ray`.
+
+The same parameter server as the emulator (strategies/ps.py), but the K workers are Ray actors —
+separate processes, each computing gradients with JAX on its own data partition — and the order
+of events is whatever the real clocks give. The server stays in this process:
+
+  submit: worker w gets the current parameters (one object in Ray's store per version, shared by
+          every pull of that version) and its iteration number, which picks its batch
+  wait:   `ray.wait` returns the first finished gradient; async: apply it (server.ParameterServer,
+          the same optimizer, shard by shard, lr / staleness under staleness_lr=inverse) and hand
+          that worker the new version; ssp: the same, but a worker more than max_staleness clocks
+          ahead of the slowest waits for it; bsp: a round applies the mean of the first
+          workers - backup_workers gradients of that round, later ones are dropped.
+  faults: a worker whose process dies (ps.failures.at=((seconds, worker), ...) kills one that
+          many wall-clock seconds after the first gradient arrived; anything else may too) loses
+          its in-flight gradient; Ray restarts the process and it rejoins with fresh parameters.
+
+Every pull, applied update and lost gradient is a *record*; train.run appends them to
+WORKDIR/trace.jsonl. The math of a record is a pure function of the parameters it names, so
+`python -m pdist.replay WORKDIR` recomputes the run from its trace in one process with the same
+compiled programs and gets the same parameters bit for bit: a real run, non-deterministic as it
+is, becomes a reproducible artefact, and a resumed run is its trace's replay. One local Ray
+instance is started and stopped by the run (bound to 127.0.0.1, no dashboard) unless
+config.ps.ray_address names a cluster.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pdist import optim
+from pdist.data import WorkerSampler
+from pdist.ps import server as server_lib
+from pdist.ps import sharding
+from pdist.registry import ConfigError
+from pdist.strategies import base
+from pdist.tasks import Task
+
+
+def validate_ray(config) -> None:
+  """What the real backend cannot do (yet), each in one sentence."""
+  ps = config.ps
+  if config.compression.name != "none" or config.privacy.mechanism != "none":
+    raise ConfigError("config.ps.backend='ray' runs uncompressed, non-private gradients only; "
+                      "set config.compression.name='none' and config.privacy.mechanism='none' "
+                      "(the emulator, backend='emulator', runs both)")
+  if ps.failures.rate:
+    raise ConfigError("config.ps.failures.rate draws crashes in simulated time; with "
+                      "config.ps.backend='ray' script them in seconds of wall-clock time with "
+                      "config.ps.failures.at=((seconds, worker), ...)")
+  if ps.ray_worker_cpus <= 0:
+    raise ConfigError(f"config.ps.ray_worker_cpus must be positive, got {ps.ray_worker_cpus}")
+
+
+# -- the workers' side (also used by pdist.replay, in one process) -------------------------------
+
+def workers_of(config, task: Task, ids) -> dict[int, server_lib.Worker]:
+  """Eager `server.Worker`s for worker ids `ids` of this config: their data, batches and rngs are
+  the emulator's (WorkerSampler, fold_in(fold_in(step_key, worker), iteration))."""
+  grad = base.grad_fn(task, config.optim.accumulate_steps)
+  arrays = base.training_arrays(task)
+  data = None if arrays is None else jax.device_put(arrays)
+  sampler = None if arrays is None else WorkerSampler(
+      config.data, task.dataset, config.ps.workers, config.train.seed, config.data.batch_size)
+  _, step_key = base.init_keys(jax.random.PRNGKey(config.train.seed))
+  grad = jax.jit(grad)
+
+  def batches(k):
+    return lambda it: None if data is None else base.gather_batch(
+        data, jnp.asarray(sampler.indices(k, it)))
+
+  workers = {}
+  for k in ids:
+    w = server_lib.Worker(k, grad, batches(k), step_key)
+    w._grad = grad  # one compiled gradient for all of them
+    workers[k] = w
+  return workers
+
+
+class _WorkerProcess:
+  """The body of a Ray actor: one worker, built from the config and the dataset."""
+
+  def __init__(self, config, worker: int):
+    from pdist import data, tasks  # noqa: PLC0415
+    task = tasks.build(config, data.load(config.data))
+    self.worker = workers_of(config, task, [worker])[worker]
+
+  def compute(self, params, iteration: int):
+    """(gradient as numpy, metrics as floats, seconds it took, this process's id)."""
+    start = time.perf_counter()
+    grads, metrics = self.worker.gradient(params, iteration)
+    grads, metrics = jax.device_get((grads, metrics))
+    return grads, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start, \
+        os.getpid()
+
+
+# -- starting and stopping Ray -------------------------------------------------------------------
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+  import socket  # noqa: PLC0415
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+      pass
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"config.ps.ray_address='{address}' is not a reachable Ray cluster "
+                      f"(HOST:PORT of its head, or 'auto'): {e}") from None
+
+
+def start_ray(address: str, workers: int, worker_cpus: float):
+  """The `ray` module, connected: to the cluster at `address`, or to a new local instance bound
+  to 127.0.0.1 with no dashboard. Raises ConfigError when the cluster is unreachable or cannot
+  place the workers."""
+  if not address:
+    # a single-machine instance: every server Ray starts binds to the loopback address
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+  import logging  # noqa: PLC0415
+  import warnings  # noqa: PLC0415
+
+  import ray  # noqa: PLC0415
+  if ray.is_initialized():
+    ray.shutdown()
+  quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+  try:
+    with warnings.catch_warnings():  # Ray starts its processes by fork+exec; JAX warns of forks
+      warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+      if address:
+        ray.init(address=address, **quiet)
+      else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(workers * worker_cpus))), **quiet)
+  except (ConnectionError, RuntimeError, ValueError) as e:
+    raise ConfigError(f"config.ps.ray_address='{address}': could not connect to a Ray cluster "
+                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+  have = ray.cluster_resources().get("CPU", 0.0)
+  if have < workers * worker_cpus:
+    ray.shutdown()
+    raise ConfigError(f"config.ps.workers={workers} x config.ps.ray_worker_cpus={worker_cpus} "
+                      f"needs {workers * worker_cpus:g} CPUs but the Ray cluster has {have:g}")
+  return ray
+
+
+@dataclasses.dataclass
+class _Pull:
+  worker: int
+  iteration: int
+  versions: dict
+  sent: float
+  round: int = -1
+
+
+@dataclasses.dataclass
+class _Host:
+  """The JSON-able part of the state: what checkpoints keep of the run's bookkeeping."""
+  iteration: list
+  clock: list
+  round: int = 0
+  records: int = 0
+  totals: dict = dataclasses.field(default_factory=lambda: {
+      "dropped_gradients": 0, "crashes": 0, "bytes_pushed": 0, "bytes_pulled": 0})
+
+
+class RayParameterServer(base.Strategy):
+  """`ps` with config.ps.backend='ray' (see the module docstring)."""
+
+  def __init__(self, config, task: Task, pipeline=None):
+    if pipeline is not None:
+      raise ConfigError("config.ps.backend='ray' runs without a gradient pipeline")
+    self.config, self.task, self.ps = config, task, config.ps
+    if config.ps.ray_address not in ("", "auto"):
+      _check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes
+    self.K = config.ps.workers
+    self.bsp = config.ps.consistency == "bsp"
+    self.tx = optim.build(config)
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.shards = sharding.partition_leaves(abstract, config.ps.shards)
+    self.param_bytes = sharding.tree_bytes(abstract)
+    self.server = server_lib.ParameterServer(
+        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract), self.tx,
+        num_shards=config.ps.shards, staleness_lr=config.ps.staleness_lr)
+    self.host = _Host(iteration=[0] * self.K, clock=[0] * self.K)
+    self._records: list[dict] = []
+    self._ray = None
+    self._actors: list = []
+    self._pending: dict = {}          # ObjectRef -> _Pull
+    self._waiting: list[int] = []     # ssp: workers held back by the clock bound
+    self._params_ref = None           # the current version in Ray's store
+    self._round_grads: dict = {}      # bsp: worker -> (grads, metrics) of this round
+    self._started_at = None
+    self._kills: list = []
+    self._step = 0
+
+  # -- state ----------------------------------------------------------------------------------
+  def init(self, rng):
+    init_key, step_key = base.init_keys(rng)
+    params = self.task.init(init_key)
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": sharding.init_opt_states(self.tx, params, self.shards),
+            "versions": jnp.zeros((len(self.shards),), jnp.int32), "step_key": step_key}
+
+  def examples_per_update(self, config) -> int:
+    return config.data.batch_size * ((self.K - self.ps.backup_workers) if self.bsp else 1)
+
+  def host_state(self) -> dict:
+    return dataclasses.asdict(self.host)
+
+  def load_host_state(self, d: dict) -> None:
+    self.host = _Host(**d)
+
+  def records(self) -> list[dict]:
+    out, self._records = self._records, []
+    return out
+
+  def records_count(self) -> int:
+    return self.host.records
+
+  def _record(self, **fields) -> None:
+    self._records.append({"step": self._step, **fields})
+    self.host.records += 1
+
+  # -- Ray --------------------------------------------------------------------------------------
+  def _start(self) -> None:
+    ray = start_ray(self.ps.ray_address, self.K, self.ps.ray_worker_cpus)
+    self._ray = ray
+    actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, max_restarts=-1,
+                       max_task_retries=0)(_WorkerProcess)
+    self._actors = [actor.remote(self.config, k) for k in range(self.K)]
+    self._started_at = None   # set when the first gradient arrives: failures.at counts from then
+    self._kills = sorted((float(t), int(w)) for t, w in self.ps.failures.at)
+    self._record(op="start", workers=self.K)
+
+  def close(self) -> None:
+    """Stops the workers and the local Ray instance (also after an error)."""
+    if self._ray is not None:
+      ray, self._ray = self._ray, None
+      for a in self._actors:
+        ray.kill(a, no_restart=True)
+      self._actors, self._pending = [], {}
+      ray.shutdown()
+
+  def _current_ref(self):
+    if self._params_ref is None:
+      self._params_ref = self._ray.put(jax.device_get(self.server.params))
+    return self._params_ref
+
+  def _submit(self, w: int, iteration: int | None = None, round_: int = -1) -> None:
+    """Worker w pulls the current version and starts its next gradient."""
+    if iteration is None:
+      iteration = self.host.iteration[w]
+      self.host.iteration[w] += 1
+    ref = self._actors[w].compute.remote(self._current_ref(), iteration)
+    self._pending[ref] = _Pull(w, iteration, dict(enumerate(self.server.versions)),
+                               time.perf_counter(), round_)
+    self.host.totals["bytes_pulled"] += self.param_bytes
+    self._record(op="pull", worker=w, iteration=iteration)
+
+  def _kill_due(self) -> float | None:
+    """Kills the workers whose scripted time has come; returns seconds to the next kill."""
+    if self._started_at is None or not self._kills:
+      return None
+    now = time.perf_counter() - self._started_at
+    while self._kills and self._kills[0][0] <= now:
+      _, w = self._kills.pop(0)
+      self._ray.kill(self._actors[w], no_restart=False)   # the process dies; Ray restarts it
+    return self._kills[0][0] - now if self._kills else None
+
+  def _next_result(self):
+    """(pull, (grads, metrics, seconds, pid)) of the first finished gradient; None for a lost
+    one (its worker died: counted, recorded and resubmitted)."""
+    while True:
+      timeout = self._kill_due()
+      ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+      if ready:
+        break
+    ref = ready[0]
+    pull = self._pending.pop(ref)
+    if self._started_at is None:
+      self._started_at = time.perf_counter()
+    try:
+      return pull, self._ray.get(ref)
+    except self._ray.exceptions.RayActorError:
+      self.host.totals["crashes"] += 1
+      self.host.totals["dropped_gradients"] += 1
+      self._record(op="lost", worker=pull.worker, iteration=pull.iteration)
+      if self.bsp:
+        if pull.round == self.host.round:
+          self._submit(pull.worker, iteration=self.host.round, round_=self.host.round)
+      elif self._may_start(pull.worker):
+        self._submit(pull.worker)
+      else:
+        self._waiting.append(pull.worker)
+      return pull, None
+
+  def _begin(self, state) -> None:
+    """(Re)starts the workers at this state: every worker pulls it."""
+    if self._ray is None:
+      self._start()
+    self._load(state)
+    if not self._pending:
+      for w in range(self.K):
+        if self.bsp:
+          self._submit(w, iteration=self.host.round, round_=self.host.round)
+        else:
+          self._submit(w)
+
+  def _load(self, state) -> None:
+    s = self.server
+    if s.params is not state["params"]:
+      s._params, s.opt_states = state["params"], list(state["opt_state"])
+      s.versions = [int(v) for v in np.asarray(state["versions"])]
+      self._params_ref = None
+    self._step = int(state["step"])
+
+  # -- the loop ---------------------------------------------------------------------------------
+  def run(self, state, num_updates: int):
+    self._begin(state)
+    sums: dict = collections.defaultdict(float)
+    stale: list[int] = []
+    count, gap = 0, 0
+    target = self._step + num_updates
+    while self._step < target:
+      pull, result = self._next_result()
+      if result is None:
+        continue
+      grads, metrics, seconds, _ = result
+      round_trip = time.perf_counter() - pull.sent
+      self.host.totals["bytes_pushed"] += self.param_bytes
+      if self.bsp:
+        applied = self._bsp_arrival(pull, grads, metrics, seconds)
+        if applied is None:
+          continue
+        for k, v in applied.items():
+          sums[k] += v
+        count += 1
+        stale.extend([0] * (self.K - self.ps.backup_workers))
+        continue
+      staleness = self.server.push(pull.worker, grads, pull.versions)
+      tau = max(staleness.values())
+      self._params_ref = None
+      self._step += 1
+      self.host.clock[pull.worker] += 1
+      scale = 1.0 / tau if self.ps.staleness_lr == "inverse" and tau >= 1 else 1.0
+      self._record(op="apply", worker=pull.worker, iteration=pull.iteration, staleness=tau,
+                   scale=scale, compute_seconds=seconds, round_trip_seconds=round_trip)
+      for k, v in metrics.items():
+        sums[k] += v
+      count += 1
+      stale.append(tau)
+      if self._may_start(pull.worker):
+        self._submit(pull.worker)
+      else:
+        self._waiting.append(pull.worker)
+      self._release_waiting()
+      if self.ps.consistency == "ssp":
+        gap = max(gap, max(self.host.clock) - min(self.host.clock))
+    state = dict(state, params=self.server.params, opt_state=list(self.server.opt_states),
+                 versions=jnp.asarray(self.server.versions, jnp.int32),
+                 step=jnp.asarray(self._step, jnp.int32))
+    return state, self._row(sums, count, stale, gap)
+
+  def _row(self, sums, count, stale, gap) -> dict:
+    out = {k: v / max(count, 1) for k, v in sums.items()}
+    st = np.asarray(stale, np.int64)
+    out.update(staleness_mean=float(st.mean()) if st.size else 0.0,
+               staleness_max=int(st.max()) if st.size else 0,
+               staleness_hist=np.bincount(st).tolist() if st.size else [],
+               updates=self._step, **self.host.totals)
+    if self.ps.consistency == "ssp":
+      out["clock_gap_max"] = gap
+    return out
+
+  def _may_start(self, w: int) -> bool:
+    if self.ps.consistency != "ssp":
+      return True
+    return self.host.clock[w] + 1 - min(self.host.clock) <= self.ps.max_staleness
+
+  def _release_waiting(self) -> None:
+    for v in list(self._waiting):
+      if self._may_start(v):
+        self._waiting.remove(v)
+        self._submit(v)
+
+  def _bsp_arrival(self, pull, grads, metrics, seconds):
+    """A bsp gradient arrived: kept if it belongs to this round, else dropped. When the round
+    has its workers - backup_workers gradients, their mean is applied (the metrics' mean is
+    returned) and every worker pulls the next round (the late ones after their stale one)."""
+    r = self.host.round
+    if pull.round != r:
+      self.host.totals["dropped_gradients"] += 1
+      self._record(op="late", worker=pull.worker, iteration=pull.iteration)
+      return None
+    self._round_grads[pull.worker] = (grads, metrics, seconds)
+    if len(self._round_grads) < self.K - self.ps.backup_workers:
+      return None
+    workers = sorted(self._round_grads)
+    mean = server_lib.average([self._round_grads[w][0] for w in workers])
+    self.server.push(-1, mean, pull.versions)
+    self._params_ref = None
+    self._step += 1
+    self._record(op="round", workers=workers, round=r,
+                 compute_seconds=[self._round_grads[w][2] for w in workers])
+    metrics = {k: float(np.mean([self._round_grads[w][1][k] for w in workers]))
+               for k in metrics}
+    for w in workers:
+      self.host.clock[w] += 1
+    self._round_grads = {}
+    self.host.round += 1
+    for w in range(self.K):  # a worker still on the old round starts once it has finished it
+      self._submit(w, iteration=self.host.round, round_=self.host.round)
+    return metrics
+
+  def describe(self, state) -> dict:
+    return {"ps_backend": "ray"}

@@ -1,0 +1,120 @@
+"""The parameter server on real processes (config.ps.backend='ray'): equivalences, faults, the
+trace and its bit-for-bit replay, loopback-only sockets, bad input."""
+
+import ipaddress
+import json
+import os
+
+import jax
+import psutil
+import pytest
+
+from conftest import assert_one_clear_line, max_diff, quiet_experiment
+from pdist import replay, strategies, tasks, train
+from pdist.data import load as load_data
+
+
+def _config(steps=40, **fields):
+  fields.setdefault("ps__backend", "ray")
+  return quiet_experiment("mnist1d", "tiny", strategy="ps",
+                          optim__name="sgd", optim__momentum=0.9, optim__learning_rate=0.05,
+                          data__batch_size=16, model__hidden=(32, 32), train__steps=steps,
+                          train__log_every=10, train__eval_every=0, **fields)
+
+
+def _listening(root: psutil.Process) -> list:
+  """Addresses that `root` and its descendants listen on."""
+  out = []
+  for p in [root] + root.children(recursive=True):
+    try:
+      out += [c.laddr for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.NoSuchProcess:
+      pass
+  return out
+
+
+def _loopback(ip: str) -> bool:
+  a = ipaddress.ip_address(ip)
+  return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None
+                           and a.ipv4_mapped.is_loopback)
+
+
+@pytest.mark.slow
+def test_one_real_worker_equals_single_and_listens_on_loopback_only():
+  c = _config(ps__workers=1)
+  task = tasks.build(c, load_data(c.data))
+  strategy = strategies.build(c, task)
+  try:
+    state = strategy.init(jax.random.PRNGKey(c.train.seed))
+    state, first = strategy.run(state, 20)
+    listening = _listening(psutil.Process())
+    assert listening and all(_loopback(a.ip) for a in listening), listening
+    state, second = strategy.run(state, 20)
+  finally:
+    strategy.close()
+  single = train.run(quiet_experiment(
+      "mnist1d", "tiny", optim__name="sgd", optim__momentum=0.9, optim__learning_rate=0.05,
+      data__batch_size=16, model__hidden=(32, 32), train__steps=40, train__log_every=20,
+      train__eval_every=0))
+  assert max_diff(single.params, strategy.params(state)) < 1e-5
+  assert second["loss"] == pytest.approx(single.rows[-1]["loss"], rel=1e-5)
+  assert first["staleness_max"] == 0 and second["updates"] == 40
+  assert not psutil.Process().children(recursive=True)  # close() left nothing running
+
+
+@pytest.mark.slow
+def test_killed_worker_rejoins_and_the_trace_replays_bit_for_bit(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  c = _config(steps=300, ps__workers=3, ps__consistency="ssp", ps__max_staleness=2,
+              ps__staleness_lr="inverse", ps__failures__at=((0.3, 1),),
+              train__save_params=True)
+  result = train.run(c, workdir)
+  assert result.summary["crashes"] >= 1 and result.summary["updates"] == 300
+  with open(os.path.join(workdir, "trace.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert any(r["op"] == "lost" and r["worker"] == 1 for r in records)
+  pulls, applied = set(), []
+  for r in records:  # every applied gradient was pulled once and is applied once
+    if r["op"] == "pull":
+      pulls.add((r["worker"], r["iteration"]))
+    elif r["op"] == "apply":
+      assert (r["worker"], r["iteration"]) in pulls
+      applied.append((r["worker"], r["iteration"]))
+  assert len(applied) == len(set(applied)) == 300
+  assert max(row["clock_gap_max"] for row in result.rows) <= 2  # ssp's bound held
+  capsys.readouterr()
+  assert replay.main([workdir]) == 0
+  out = capsys.readouterr().out
+  assert "bit for bit" in out and "total variation distance" in out
+  assert os.path.exists(os.path.join(workdir, "staleness_real_vs_emulator.png"))
+
+
+@pytest.mark.slow
+def test_real_bsp_equals_the_emulator_and_resumes_as_its_replay(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  fields = dict(ps__workers=3, ps__consistency="bsp", train__save_params=True,
+                checkpoint__every=10)
+  train.run(_config(steps=20, **fields), workdir)          # then resumed to 30
+  real = train.run(_config(steps=30, **fields), workdir)
+  assert real.summary["resumed_from"] == 20
+  emulated = train.run(_config(steps=30, ps__backend="emulator", ps__workers=3,
+                               ps__consistency="bsp"))
+  assert max_diff(emulated.params, real.params) < 1e-5
+  capsys.readouterr()
+  assert replay.main([workdir]) == 0
+  assert "1 resumes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fields, message", [
+    (["--config.ps.ray_address=127.0.0.1:1"], "is not a reachable Ray cluster"),
+    (["--config.compression.name=topk"], "uncompressed, non-private gradients only"),
+    (["--config.ps.failures.rate=0.1"], "config.ps.failures.at=((seconds, worker), ...)"),
+])
+def test_ray_backend_config_errors(fields, message, tmp_path, capsys):
+  assert_one_clear_line("mnist1d.py:tiny", ["--config.strategy=ps", "--config.ps.backend=ray",
+                                            *fields], message, tmp_path / "w", capsys)
+
+
+def test_ray_address_without_ray_is_refused(tmp_path, capsys):
+  assert_one_clear_line("mnist1d.py:tiny", ["--config.strategy=ps", "--config.ps.ray_address=auto"],
+                        "only applies to config.ps.backend='ray'", tmp_path / "w", capsys)
