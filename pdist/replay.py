@@ -76,8 +76,20 @@ def replay(workdir: str):
   return config, server.params, records
 
 
-def staleness_of(records: list[dict]) -> np.ndarray:
-  return np.asarray([r["staleness"] for r in records if r["op"] == "apply"], np.int64)
+def staleness_of(records: list[dict], steady: bool = True) -> np.ndarray:
+  """The applied gradients' staleness; `steady`: only once every worker has delivered a
+  gradient since the workers last started (before that, workers still starting up — seconds
+  each on a busy machine — leave fewer in the race and their own first gradients very stale)."""
+  workers = next((r["workers"] for r in records if r["op"] == "start"), 0)
+  out, seen = [], set()
+  for r in records:
+    if r["op"] == "start":
+      seen = set()
+    elif r["op"] == "apply":
+      if not steady or len(seen) == workers:
+        out.append(r["staleness"])
+      seen.add(r["worker"])
+  return np.asarray(out, np.int64)
 
 
 def emulated_staleness(config, records: list[dict]) -> tuple[np.ndarray, dict]:
@@ -131,11 +143,15 @@ def plot_staleness(real: np.ndarray, emulated: np.ndarray, title: str, path: str
   import matplotlib.pyplot as plt
   n = int(max(real.max(initial=0), emulated.max(initial=0))) + 1
   x = np.arange(n)
+  top = int(np.percentile(np.concatenate([real, emulated]), 99.5)) + 1
   fig, ax = plt.subplots(figsize=(6.4, 3.6))
   ax.bar(x - 0.2, np.bincount(real, minlength=n) / len(real), 0.4, label="real (Ray)")
   ax.bar(x + 0.2, np.bincount(emulated, minlength=n) / len(emulated), 0.4,
          label="emulator, fitted timing")
-  ax.set_xlabel("staleness (server version at apply - version pulled)")
+  beyond = int((real > top).sum() + (emulated > top).sum())
+  ax.set_xlim(-0.6, top + 0.6)
+  ax.set_xlabel("staleness (server version at apply - version pulled)"
+                + (f"; {beyond} beyond {top} not shown" if beyond else ""))
   ax.set_ylabel("share of updates")
   ax.set_title(title, fontsize=10)
   ax.legend()
@@ -178,11 +194,13 @@ def main(argv=None) -> int:
   if not args.no_compare and config.ps.consistency != "bsp":
     real = staleness_of(records)
     emulated, fitted = emulated_staleness(config, records)
+    emulated = emulated[len(emulated) - len(real):]   # as many, from the end: steady state
     tv = total_variation(real, emulated)
     path = plot_staleness(real, emulated, f"{config.ps.workers} workers, "
                           f"{config.ps.consistency}: total variation {tv:.3f}",
                           os.path.join(workdir, "staleness_real_vs_emulator.png"))
-    print(f"pdist.replay: staleness mean {real.mean():.2f} real vs {emulated.mean():.2f} "
+    print(f"pdist.replay: staleness once all workers run ({len(real)} updates): mean "
+          f"{real.mean():.2f} real vs {emulated.mean():.2f} "
           f"emulated (compute {fitted['compute_mean'] * 1e3:.1f} ms, spread "
           f"{fitted['compute_spread']:.2f}, latency {fitted['latency'] * 1e3:.1f} ms); total "
           f"variation distance {tv:.3f}; figure {path}")

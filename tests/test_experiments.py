@@ -14,7 +14,8 @@ from pdist import metrics, plots, train
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(EXPERIMENTS, "*.py")))
 # experiments whose :tiny preset is trained by their own test file already (time budget)
 RUN_ELSEWHERE = {"fedavg": "test_federated.py", "charlm": "test_language.py",
-                 "codistill": "test_codistill.py", "distill": "test_distill.py"}
+                 "codistill": "test_codistill.py", "distill": "test_distill.py",
+                 "ps_ray": "test_ps_ray.py"}
 
 
 def test_every_experiment_runs_tiny_somewhere():

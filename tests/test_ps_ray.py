@@ -14,12 +14,13 @@ from pdist import replay, strategies, tasks, train
 from pdist.data import load as load_data
 
 
+COMMON = dict(optim__momentum=0.9, data__batch_size=16, train__log_every=10, train__eval_every=0,
+              train__save_params=False)
+
+
 def _config(steps=40, **fields):
-  fields.setdefault("ps__backend", "ray")
-  return quiet_experiment("mnist1d", "tiny", strategy="ps",
-                          optim__name="sgd", optim__momentum=0.9, optim__learning_rate=0.05,
-                          data__batch_size=16, model__hidden=(32, 32), train__steps=steps,
-                          train__log_every=10, train__eval_every=0, **fields)
+  """experiments/ps_ray.py:tiny (backend ray) with momentum, `steps` updates and `fields`."""
+  return quiet_experiment("ps_ray", "tiny", train__steps=steps, **{**COMMON, **fields})
 
 
 def _listening(root: psutil.Process) -> list:
@@ -52,10 +53,7 @@ def test_one_real_worker_equals_single_and_listens_on_loopback_only():
     state, second = strategy.run(state, 20)
   finally:
     strategy.close()
-  single = train.run(quiet_experiment(
-      "mnist1d", "tiny", optim__name="sgd", optim__momentum=0.9, optim__learning_rate=0.05,
-      data__batch_size=16, model__hidden=(32, 32), train__steps=40, train__log_every=20,
-      train__eval_every=0))
+  single = train.run(_config(strategy="single", train__log_every=20))
   assert max_diff(single.params, strategy.params(state)) < 1e-5
   assert second["loss"] == pytest.approx(single.rows[-1]["loss"], rel=1e-5)
   assert first["staleness_max"] == 0 and second["updates"] == 40
