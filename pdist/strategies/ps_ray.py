@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import sys
 import time
 
 import jax
@@ -42,6 +43,22 @@ from pdist.ps import sharding
 from pdist.registry import ConfigError
 from pdist.strategies import base
 from pdist.tasks import Task
+
+
+def _simulated_fields(ps) -> list[str]:
+  """The timing-model fields of config.ps set away from their defaults."""
+  import ml_collections  # noqa: PLC0415
+
+  from pdist.ps import timing  # noqa: PLC0415
+  defaults = timing.add_timing_fields(ml_collections.ConfigDict()).to_dict()
+  out = []
+  for key, value in defaults.items():
+    mine = ps[key].to_dict() if isinstance(value, dict) else ps[key]
+    if mine != value:
+      out.append(key)
+  if ps.failures.restart_delay != 1.0:  # Ray restarts a process as soon as it can
+    out.append("failures.restart_delay")
+  return out
 
 
 def validate_ray(config) -> None:
@@ -205,6 +222,10 @@ class RayParameterServer(base.Strategy):
     self.config, self.task, self.ps = config, task, config.ps
     if config.ps.ray_address not in ("", "auto"):
       _check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes
+    simulated = _simulated_fields(config.ps)
+    if simulated:
+      print(f"pdist: backend=ray runs on real clocks and ignores the simulated-time fields "
+            f"{', '.join('config.ps.' + f for f in simulated)}", file=sys.stderr)
     self.K = config.ps.workers
     self.bsp = config.ps.consistency == "bsp"
     self.tx = optim.build(config)
