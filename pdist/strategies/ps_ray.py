@@ -4,8 +4,9 @@ The same parameter server as the emulator (strategies/ps.py), but the K workers 
 separate processes, each computing gradients with JAX on its own data partition — and the order
 of events is whatever the real clocks give. The server stays in this process:
 
-  submit: worker w gets the current parameters (one object in Ray's store per version, shared by
-          every pull of that version) and its iteration number, which picks its batch
+  submit: worker w gets the current parameters and its iteration number, which picks its batch
+          (on one machine through a shared-memory row of its own; on a cluster as one object in
+          Ray's store per version, shared by every pull of that version)
   wait:   `ray.wait` returns the first finished gradient; async: apply it (server.ParameterServer,
           the same optimizer, shard by shard, lr / staleness under staleness_lr=inverse) and hand
           that worker the new version; ssp: the same, but a worker more than max_staleness clocks
@@ -78,33 +79,47 @@ def validate_ray(config) -> None:
 
 # -- the workers' side (also used by pdist.replay, in one process) -------------------------------
 
-def workers_of(config, task: Task, ids) -> dict[int, server_lib.Worker]:
-  """Eager `server.Worker`s for worker ids `ids` of this config: their data, batches and rngs are
-  the emulator's (WorkerSampler, fold_in(fold_in(step_key, worker), iteration))."""
+class Worker:
+  """Worker k of a run: the gradient of its `iteration`-th batch as one compiled call (batch
+  gathered from the device-resident training set, rng folded, gradient taken), the emulator's
+  batches (WorkerSampler) and rngs (fold_in(fold_in(step_key, k), iteration)). The real
+  backend's actors and pdist.replay both compute with it, so they run the same program."""
+
+  def __init__(self, k: int, grad, data, sampler, step_key):
+    self.id, self._grad, self._data, self._sampler = k, grad, data, sampler
+    self._key = jax.random.fold_in(step_key, k)
+
+  def gradient(self, params, iteration: int):
+    """(gradient, {"loss", **task metrics}) at `params`."""
+    idx = None if self._sampler is None else self._sampler.indices(self.id, iteration)
+    grads, (loss, aux) = self._grad(params, self._data, idx, self._key, np.int32(iteration))
+    return grads, {"loss": loss, **aux}
+
+  def compute(self, params, iteration: int):
+    return self.gradient(params, iteration)[0]
+
+
+def workers_of(config, task: Task, ids) -> dict[int, Worker]:
+  """`Worker`s for the ids `ids` of this config, sharing one compiled gradient."""
   grad = base.grad_fn(task, config.optim.accumulate_steps)
   arrays = base.training_arrays(task)
   data = None if arrays is None else jax.device_put(arrays)
   sampler = None if arrays is None else WorkerSampler(
       config.data, task.dataset, config.ps.workers, config.train.seed, config.data.batch_size)
   _, step_key = base.init_keys(jax.random.PRNGKey(config.train.seed))
-  grad = jax.jit(grad)
 
-  def batches(k):
-    return lambda it: None if data is None else base.gather_batch(
-        data, jnp.asarray(sampler.indices(k, it)))
+  @jax.jit
+  def fused(params, data, idx, key, iteration):
+    batch = None if data is None else base.gather_batch(data, idx)
+    return grad(params, batch, jax.random.fold_in(key, iteration))
 
-  workers = {}
-  for k in ids:
-    w = server_lib.Worker(k, grad, batches(k), step_key)
-    w._grad = grad  # one compiled gradient for all of them
-    workers[k] = w
-  return workers
+  return {k: Worker(k, fused, data, sampler, step_key) for k in ids}
 
 
 class Flat:
   """A parameter-shaped pytree as one flat vector and back (exact copies, on the host): what goes
-  through Ray's object store, one buffer instead of one per leaf (a put of the MLP's six arrays
-  costs about twice that of one). numpy, not a jitted concatenate, which took ~17 ms for 2.6 MB
+  between the processes, one buffer instead of one per leaf (a put of the MLP's six arrays in
+  Ray's object store costs about twice that of one). numpy, not a jitted concatenate, which took ~17 ms for 2.6 MB
   on this CPU against ~0.1 ms."""
 
   def __init__(self, abstract):
@@ -114,9 +129,13 @@ class Flat:
     self.dtype = np.result_type(*self.dtypes)
     self.offsets = np.cumsum([0] + [int(np.prod(s)) for s in self.shapes])
 
-  def ravel(self, tree) -> np.ndarray:
-    return np.concatenate([np.ravel(x).astype(self.dtype, copy=False)
-                           for x in jax.device_get(jax.tree.leaves(tree))])
+  def ravel(self, tree, out: np.ndarray | None = None) -> np.ndarray:
+    leaves = jax.device_get(jax.tree.leaves(tree))
+    if out is None:
+      return np.concatenate([np.ravel(x).astype(self.dtype, copy=False) for x in leaves])
+    for a, b, x in zip(self.offsets[:-1], self.offsets[1:], leaves):
+      out[a:b] = np.ravel(x)
+    return out
 
   def unravel(self, vector: np.ndarray):
     return self.treedef.unflatten([
@@ -125,18 +144,45 @@ class Flat:
                                       self.dtypes)])
 
 
+class Slots:
+  """Memory shared by the processes of one machine: per worker, a row of parameters (written by
+  the server before it starts the worker's next gradient) and a row of gradient (written by the
+  worker before it returns). A worker's rows are touched by nobody else while its call runs,
+  so they need no lock. Files under /dev/shm, mapped by every process (`np.memmap`)."""
+
+  def __init__(self, workers: int, size: int, dtype, prefix: str | None = None):
+    import tempfile  # noqa: PLC0415
+    import uuid  # noqa: PLC0415
+    self.create = prefix is None
+    if self.create:
+      root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+      prefix = os.path.join(root, f"pdist-ps-{uuid.uuid4().hex}")
+    self.prefix, self.shape, self.dtype = prefix, (workers, size), np.dtype(dtype)
+    mode = "w+" if self.create else "r+"
+    self.params = np.memmap(prefix + "-params", self.dtype, mode, shape=self.shape)
+    self.grads = np.memmap(prefix + "-grads", self.dtype, mode, shape=self.shape)
+
+  def spec(self) -> tuple:
+    return self.shape[0], self.shape[1], self.dtype.str, self.prefix
+
+  def unlink(self) -> None:
+    for name in ("-params", "-grads"):
+      try:
+        os.unlink(self.prefix + name)
+      except FileNotFoundError:
+        pass
+
+
 class _WorkerProcess:
   """The body of a Ray actor: one worker, built from the config and the dataset."""
 
-  def __init__(self, config, worker: int, threads: int):
-    if threads == 1:  # before JAX starts its CPU backend: one thread, so K workers share cores
-      os.environ["XLA_FLAGS"] = " ".join(
-          [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if "multi_thread_eigen" not in f] + ["--xla_cpu_multi_thread_eigen=false"])
+  def __init__(self, config, worker: int, slots: tuple | None = None):
     from pdist import data, tasks  # noqa: PLC0415
     task = tasks.build(config, data.load(config.data))
+    self.id = worker
     self.worker = workers_of(config, task, [worker])[worker]
     self.flat = Flat(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+    self.slots = None if slots is None else Slots(*slots[:3], prefix=slots[3])
 
   def compute(self, flat_params, iteration: int):
     """(flat gradient as numpy, metrics as floats, seconds it took, this process's id)."""
@@ -145,6 +191,16 @@ class _WorkerProcess:
     flat, metrics = jax.device_get((self.flat.ravel(grads), metrics))
     return flat, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start, \
         os.getpid()
+
+  def compute_shared(self, iteration: int):
+    """`compute` through this worker's shared rows: parameters in, gradient out; returns
+    (None, metrics, seconds, process id)."""
+    start = time.perf_counter()
+    grads, metrics = self.worker.gradient(self.flat.unravel(self.slots.params[self.id]),
+                                          iteration)
+    self.flat.ravel(grads, out=self.slots.grads[self.id])
+    return None, {k: float(v) for k, v in jax.device_get(metrics).items()}, \
+        time.perf_counter() - start, os.getpid()
 
 
 # -- starting and stopping Ray -------------------------------------------------------------------
@@ -243,6 +299,8 @@ class RayParameterServer(base.Strategy):
     self._pending: dict = {}          # ObjectRef -> _Pull
     self._waiting: list[int] = []     # ssp: workers held back by the clock bound
     self._params_ref = None           # the current version in Ray's store
+    self._flat_version = None         # the current version as one flat vector
+    self._slots: Slots | None = None  # one machine: shared parameter / gradient rows
     self._round_grads: dict = {}      # bsp: worker -> (grads, metrics) of this round
     self._started_at = None
     self._kills: list = []
@@ -283,8 +341,10 @@ class RayParameterServer(base.Strategy):
     self._ray = ray
     actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, max_restarts=-1,
                        max_task_retries=0)(_WorkerProcess)
-    threads = 1 if self.ps.ray_worker_cpus <= 1 else 0
-    self._actors = [actor.remote(self.config, k, threads) for k in range(self.K)]
+    if not self.ps.ray_address:  # every process on this machine: messages through shared rows
+      self._slots = Slots(self.K, int(self._flat.offsets[-1]), self._flat.dtype)
+    spec = None if self._slots is None else self._slots.spec()
+    self._actors = [actor.remote(self.config, k, spec) for k in range(self.K)]
     self._started_at = None   # set when the first gradient arrives: failures.at counts from then
     self._start_called = time.perf_counter()
     self._kills = sorted((float(t), int(w)) for t, w in self.ps.failures.at)
@@ -298,6 +358,18 @@ class RayParameterServer(base.Strategy):
         ray.kill(a, no_restart=True)
       self._actors, self._pending = [], {}
       ray.shutdown()
+    if self._slots is not None:
+      self._slots.unlink()
+      self._slots = None
+
+  def _current_flat(self, out):
+    """Writes the current version into `out`: raveled straight into it the first time, copied
+    from that first row after (a worker's row changes only when it is called again, by which
+    time a new version has reset `_flat_version`)."""
+    if self._flat_version is None:
+      self._flat_version = self._flat.ravel(self.server.params, out=out)
+    elif self._flat_version is not out:
+      out[:] = self._flat_version
 
   def _current_ref(self):
     if self._params_ref is None:
@@ -309,7 +381,11 @@ class RayParameterServer(base.Strategy):
     if iteration is None:
       iteration = self.host.iteration[w]
       self.host.iteration[w] += 1
-    ref = self._actors[w].compute.remote(self._current_ref(), iteration)
+    if self._slots is not None:
+      self._current_flat(out=self._slots.params[w])
+      ref = self._actors[w].compute_shared.remote(iteration)
+    else:
+      ref = self._actors[w].compute.remote(self._current_ref(), iteration)
     self._pending[ref] = _Pull(w, iteration, dict(enumerate(self.server.versions)),
                                time.perf_counter(), round_)
     self.host.totals["bytes_pulled"] += self.param_bytes
@@ -370,7 +446,7 @@ class RayParameterServer(base.Strategy):
     if s.params is not state["params"]:
       s._params, s.opt_states = state["params"], list(state["opt_state"])
       s.versions = [int(v) for v in np.asarray(state["versions"])]
-      self._params_ref = None
+      self._params_ref = self._flat_version = None
     self._step = int(state["step"])
 
   # -- the loop ---------------------------------------------------------------------------------
@@ -385,6 +461,8 @@ class RayParameterServer(base.Strategy):
       if result is None:
         continue
       flat, metrics, seconds, _ = result
+      if flat is None:  # shared rows: copied out before the worker can be called again
+        flat = np.array(self._slots.grads[pull.worker])
       grads = self._flat.unravel(flat)
       round_trip = time.perf_counter() - pull.sent
       self.host.totals["bytes_pushed"] += self.param_bytes
@@ -399,7 +477,7 @@ class RayParameterServer(base.Strategy):
         continue
       staleness = self.server.push(pull.worker, grads, pull.versions)
       tau = max(staleness.values())
-      self._params_ref = None
+      self._params_ref = self._flat_version = None
       self._step += 1
       self.host.clock[pull.worker] += 1
       scale = 1.0 / tau if self.ps.staleness_lr == "inverse" and tau >= 1 else 1.0
@@ -458,7 +536,7 @@ class RayParameterServer(base.Strategy):
     workers = sorted(self._round_grads)
     mean = server_lib.average([self._round_grads[w][0] for w in workers])
     self.server.push(-1, mean, pull.versions)
-    self._params_ref = None
+    self._params_ref = self._flat_version = None
     self._step += 1
     self._record(op="round", workers=workers, round=r,
                  compute_seconds=[self._round_grads[w][2] for w in workers])
