@@ -10,7 +10,10 @@ updates; data-parallel training over the same 2 groups (one model, batch 200) wo
 bytes every update (`bytes_exchanged_data_parallel`). The sweep compares codistillation at
 exchange intervals 25, 100, 400, two independent replicas (weight 0), and data-parallel training
 (`sync_like`: one model on batch 200, which sync over 2 devices equals).
-Presets: tiny; independent (weight 0).
+With the `ps` preset each replica is trained by its own emulated async parameter server of 4
+workers (`codistill.group=ps`), and the sweep's `ps_*` variants compare codistillation between
+two such servers with two independent ones.
+Presets: tiny; independent (weight 0); ps.
 """
 
 from pdist.config import apply_presets, base_config
@@ -26,7 +29,17 @@ def _independent(c):
   c.codistill.weight = 0.0
 
 
-PRESETS = {"tiny": _tiny, "independent": _independent}
+def _ps(c):
+  """Each replica trained by an async parameter server of 4 workers (the groups of workers of
+  Anil et al.), simulated time from config.ps: lognormal compute times, 0.01 latency."""
+  c.codistill.group = "ps"
+  c.codistill.latency = c.codistill.bandwidth = 0.0   # time is config.ps's now
+  c.ps.workers = 4
+  c.ps.compute_time.dist, c.ps.compute_time.spread = "lognormal", 0.5
+  c.ps.latency = 0.01
+
+
+PRESETS = {"tiny": _tiny, "independent": _independent, "ps": _ps}
 
 
 def get_config(arg=None):
@@ -50,8 +63,15 @@ def get_config(arg=None):
   return apply_presets(c, arg, PRESETS, "codistill")
 
 
+PS_GROUPS = {"codistill.group": "ps", "codistill.latency": 0.0, "codistill.bandwidth": 0.0,
+             "ps.workers": 4, "ps.compute_time.dist": "lognormal",
+             "ps.compute_time.spread": 0.5, "ps.latency": 0.01}   # = the ps preset
+
+
 def get_hyper(arg=None):
   del arg
   return ([(f"every{e}", {"codistill.exchange_every": e}) for e in (25, 100, 400)]
           + [("independent", {"codistill.weight": 0.0}),
-             ("sync_like", {"strategy": "single", "data.batch_size": 200})])
+             ("sync_like", {"strategy": "single", "data.batch_size": 200}),
+             ("ps_every100", PS_GROUPS),
+             ("ps_independent", {**PS_GROUPS, "codistill.weight": 0.0})])

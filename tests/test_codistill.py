@@ -69,3 +69,40 @@ def test_resume_is_bit_identical(tmp_path):
 ])
 def test_bad_codistill_input_gives_one_clear_line(args, message, tmp_path, capsys):
   assert_one_clear_line("codistill.py:tiny", args, message, tmp_path / "w", capsys)
+
+
+def _servers(**fields):
+  """Codistillation between async parameter servers of 3 workers (experiments/codistill.py:ps,
+  lognormal compute times)."""
+  return quiet_experiment("codistill", "tiny,ps", model__hidden=(32,), ps__workers=3,
+                          train__log_every=5, **fields)
+
+
+def _ps(seed):
+  c = _servers(train__seed=seed)
+  c.strategy = "ps"
+  return train.run(c)
+
+
+def test_one_parameter_server_group_is_the_ps_run():
+  got = train.run(_servers(codistill__replicas=1))
+  ref = _ps(0)
+  assert max_diff(got.params, ref.params) < 1e-5
+  assert got.rows[-1]["staleness_mean"] == ref.rows[-1]["staleness_mean"]
+  assert got.rows[-1]["sim_time"] == ref.rows[-1]["sim_time"]
+
+
+def test_parameter_server_groups_at_zero_weight_are_independent_ps_runs(tmp_path):
+  result = train.run(_servers(codistill__weight=0.0, codistill__exchange_every=4))
+  for g in range(2):
+    group = jax.tree.map(lambda p: p[g], result.state["groups"]["params"])
+    assert max_diff(group, _ps(g).params) < 1e-5
+  distilled = train.run(_servers(codistill__exchange_every=4, checkpoint__every=10),
+                        str(tmp_path / "run"))
+  assert max_diff(distilled.state["groups"]["params"], result.state["groups"]["params"]) > 1e-4
+  assert distilled.rows[-1]["exchanges"] == 5 and distilled.rows[-1]["bytes_pushed"] > 0
+  resumed = train.run(_servers(codistill__exchange_every=4, checkpoint__every=10,
+                               train__steps=30), str(tmp_path / "run"))   # 20 -> 30, resumed
+  fresh = train.run(_servers(codistill__exchange_every=4, train__steps=30))
+  assert resumed.summary["resumed_from"] == 20
+  assert max_diff(resumed.state["groups"]["params"], fresh.state["groups"]["params"]) == 0

@@ -91,7 +91,7 @@ def test_killed_worker_rejoins_and_the_trace_replays_bit_for_bit(tmp_path, capsy
 def test_real_bsp_equals_the_emulator_and_resumes_as_its_replay(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   fields = dict(ps__workers=3, ps__consistency="bsp", train__save_params=True,
-                checkpoint__every=10)
+                checkpoint__every=10, ps__ray_shared_memory=False)  # as on a cluster
   train.run(_config(steps=20, **fields), workdir)          # then resumed to 30
   real = train.run(_config(steps=30, **fields), workdir)
   assert real.summary["resumed_from"] == 20

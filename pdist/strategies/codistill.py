@@ -35,8 +35,9 @@ import numpy as np
 from pdist import distill, optim
 from pdist import pipeline as pipeline_lib
 from pdist.ps import sharding
-from pdist.registry import STRATEGIES, ConfigError, check_positive
+from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
 from pdist.strategies import base
+from pdist.strategies.ps import ParameterServerStrategy
 from pdist.strategies.seeds import seed_batches
 from pdist.tasks import Task
 
@@ -52,6 +53,10 @@ def codistill_config() -> ml_collections.ConfigDict:
   c.compute_time = 1.0
   c.latency = 0.0
   c.bandwidth = 0.0         # bytes per time unit per link; 0 = unlimited
+  # what trains each replica: "single" (one update per step; a data-parallel group, which sync
+  # shows is the same math) or "ps" (an emulated parameter server with config.ps's workers,
+  # consistency, timing and failures; async or ssp)
+  c.group = "single"
   return c
 
 
@@ -72,9 +77,28 @@ def validate_codistill(config) -> None:
                       "config.compression")
   if config.data.name == "quadratic":
     raise ConfigError("config.strategy='codistill' distils predictions; the quadratic has none")
+  check_choice(config, "codistill.group", ("single", "ps"))
+  if c.group == "ps":
+    from pdist.strategies import ps  # noqa: PLC0415
+    ps.validate_ps(config)
+    if config.ps.consistency == "bsp" or config.ps.backend != "emulator":
+      raise ConfigError("config.codistill.group='ps' runs emulated async or ssp parameter "
+                        "servers; set config.ps.consistency to 'async' or 'ssp' and "
+                        "config.ps.backend='emulator'")
+    if c.compute_time != 1.0 or c.latency or c.bandwidth:
+      raise ConfigError("with config.codistill.group='ps' time is config.ps's (compute_time, "
+                        "latency, bandwidth); leave config.codistill's timing fields at their "
+                        "defaults")
 
 
 @STRATEGIES.register("codistill", config=codistill_config, validate=validate_codistill)
+def codistill(config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
+  """Codistillation between replicas trained one update at a time, or by parameter servers."""
+  if config.codistill.group == "ps":
+    return CodistillServers(config, task, pipeline=pipeline)
+  return Codistill(config, task, pipeline=pipeline)
+
+
 class Codistill(base.Strategy):
 
   def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
@@ -208,4 +232,124 @@ class Codistill(base.Strategy):
     out = {k: float(np.mean([m[k] for m in per])) for k in per[0]}
     if self.G > 1:
       out.update({f"{k}_replicas": [m[k] for m in per] for k in per[0]})
+    return out
+
+
+# -- codistillation between parameter servers ---------------------------------------------------
+
+class _GroupServer(ParameterServerStrategy):
+  """One group's emulated parameter server; its workers' loss is the codistillation loss toward
+  the other groups' stale copies, read from state["codistill"] (stale, g, weight)."""
+
+  def __init__(self, config, task: Task, loss, groups: int):
+    self._codistill_loss, self._groups = loss, groups
+    super().__init__(config, task)
+
+  def _gradient(self, state, batch, rng):
+    del rng  # the codistillation loss is deterministic
+    c = state["codistill"]
+    (loss, metrics), grads = jax.value_and_grad(self._codistill_loss, has_aux=True)(
+        state["params"], c["stale"], c["g"], batch, c["weight"])
+    return grads, (loss, {k: v for k, v in metrics.items() if k != "loss"})
+
+  def _metric_shapes(self, params):
+    batch = base.gather_batch(self.data, np.zeros(self.batch_size, np.int32))
+    stale = jax.tree.map(lambda p: jnp.zeros((self._groups,) + p.shape, p.dtype), params)
+    state = {"params": params, "codistill": {"stale": stale, "g": jnp.int32(0),
+                                             "weight": jnp.float32(0)}}
+    _, (loss, aux) = jax.eval_shape(self._gradient, state, batch, jax.random.PRNGKey(0))
+    return {"loss": loss, **aux}
+
+
+class CodistillServers(Codistill):
+  """`codistill.group='ps'`: each of the G replicas is trained by its own emulated parameter
+  server (config.ps: workers, async or ssp, timing, failures); group g is the `ps` run with seed
+  + g (its initialisation, data order, simulated timeline), its workers' loss the codistillation
+  loss toward the other groups' copies from the last exchange. The G replays run as one vmapped
+  program over the groups' schedules (padded to one length); every group applies the same
+  number of updates per interval, so exchanges (every `exchange_every` updates) fall between
+  intervals, where the copies are refreshed. Rows: the replicas' mean and `_replicas` of every
+  metric, the servers' staleness (mean over groups), `sim_time` (the latest group's clock),
+  `bytes_pushed` / `bytes_pulled` (within the groups, summed) and `bytes_exchanged` (between
+  them). With one group it is the `ps` run; with weight 0, G independent `ps` runs."""
+
+  def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
+    super().__init__(config, task, pipeline)
+    self.servers = []
+    for g in range(self.G):
+      cg = ml_collections.ConfigDict(config.to_dict())
+      cg.train.seed = self.first_seed + g
+      self.servers.append(_GroupServer(cg, task, self._loss, self.G))
+    self._group_chunk = jax.jit(jax.vmap(self._one_group, in_axes=(0, 0, None, 0, None, None)),
+                                donate_argnums=(0,))
+
+  def init(self, rng):
+    del rng
+    groups = [s.init(jax.random.PRNGKey(self.first_seed + g)) for g, s in enumerate(self.servers)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *groups)
+    return jax.device_put({"groups": stacked, "stale": jax.tree.map(jnp.copy, stacked["params"]),
+                           "step": jnp.zeros((), jnp.int32)})
+
+  def params(self, state):
+    return jax.tree.map(lambda p: p[0], state["groups"]["params"])
+
+  def evaluate(self, state) -> dict:
+    return super().evaluate({"params": state["groups"]["params"]})
+
+  def host_state(self) -> dict:
+    return {"simulators": [s.simulator.state_dict() for s in self.servers]}
+
+  def load_host_state(self, d: dict) -> None:
+    for s, sim in zip(self.servers, d["simulators"]):
+      s.simulator.load_state_dict(sim)
+
+  def _one_group(self, state, g, stale, ops, weight, data):
+    state = dict(state, codistill={"stale": stale, "g": g, "weight": weight})
+    state, (sums, count) = self.servers[0]._async_chunk(state, data, ops)
+    state = {k: v for k, v in state.items() if k != "codistill"}
+    return state, (sums, count)
+
+  def dispatch(self, state, num_updates: int, step: int | None = None):
+    step = self.step(state) if step is None else step
+    sums, counts, intervals = None, None, []
+    done = 0
+    while done < num_updates:
+      at = step + done
+      m = min(num_updates - done, self.E - at % self.E)     # up to the next exchange
+      if at < self.burn_in:
+        m = min(m, self.burn_in - at)                       # and to the end of burn-in
+      parts = [s.simulator.advance(m) for s in self.servers]
+      length = 1 << max(0, (max(len(p.ops) for p in parts) - 1).bit_length())
+      ops = jax.tree.map(lambda *xs: np.stack(xs),
+                         *[s._encode_ops(p.ops, length) for s, p in zip(self.servers, parts)])
+      weight = np.float32(self.weight if at >= self.burn_in else 0.0)
+      groups, (part_sums, part_counts) = self._group_chunk(
+          state["groups"], jnp.arange(self.G), state["stale"], ops, weight, self.data)
+      state = dict(state, groups=groups, step=state["step"] + m)
+      if (at + m) % self.E == 0:
+        state["stale"] = jax.tree.map(jnp.copy, groups["params"])
+      sums = part_sums if sums is None else jax.tree.map(jnp.add, sums, part_sums)
+      counts = part_counts if counts is None else counts + part_counts
+      intervals.append(parts)
+      done += m
+    return state, (sums, counts, intervals, step + num_updates)
+
+  def collect(self, pending):
+    sums, counts, intervals, step = pending
+    sums, counts = jax.device_get((sums, counts))
+    out = {}
+    for key, values in sums.items():
+      per = np.asarray(values, np.float64) / np.maximum(np.asarray(counts, np.float64), 1.0)
+      out[key] = float(per.mean())
+      if self.G > 1:
+        out[f"{key}_replicas"] = [float(v) for v in per]
+    staleness = [st for parts in intervals for p in parts for st in p.staleness]
+    st = np.asarray(staleness, np.int64)
+    out["staleness_mean"] = float(st.mean()) if st.size else 0.0
+    out["staleness_max"] = int(st.max()) if st.size else 0
+    out["sim_time"] = max(s.simulator.time for s in self.servers)
+    for key in ("bytes_pushed", "bytes_pulled", "dropped_gradients", "crashes"):
+      out[key] = int(sum(s.simulator.totals[key] for s in self.servers))
+    out["exchanges"] = step // self.E
+    out["bytes_exchanged"] = (step // self.E) * self.G * (self.G - 1) * self.model_bytes
     return out

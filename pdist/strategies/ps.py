@@ -62,6 +62,8 @@ def ps_config() -> ml_collections.ConfigDict:
   c.backend = "emulator"
   c.ray_address = ""        # ray: an existing cluster ("auto", "HOST:PORT"); "" starts one here
   c.ray_worker_cpus = 1.0   # ray: CPUs each worker reserves
+  c.ray_shared_memory = True  # ray, one machine: messages through shared memory (else, and on
+                              # a cluster, through Ray's object store)
   return c
 
 
@@ -86,8 +88,11 @@ def validate_ps(config) -> None:
   if ps.backend == "ray":
     from pdist.strategies.ps_ray import validate_ray  # noqa: PLC0415  (ray only when asked)
     validate_ray(config)
-  elif ps.ray_address:
-    raise ConfigError("config.ps.ray_address only applies to config.ps.backend='ray'")
+  else:
+    defaults = ps_config()
+    for field in ("ray_address", "ray_worker_cpus", "ray_shared_memory"):
+      if ps[field] != defaults[field]:
+        raise ConfigError(f"config.ps.{field} only applies to config.ps.backend='ray'")
   for item in ps.failures.at:
     if (not isinstance(item, (tuple, list)) or len(item) != 2 or item[0] < 0
         or not 0 <= int(item[1]) < ps.workers):
@@ -194,6 +199,11 @@ class ParameterServerStrategy(base.Strategy):
     """The rng of `worker`'s `iteration`-th gradient."""
     return jax.random.fold_in(jax.random.fold_in(state["step_key"], worker), iteration)
 
+  def _gradient(self, state, batch, rng):
+    """A worker's gradient at the server's current parameters (codistillation's groups add a
+    term that reads more of the state)."""
+    return self._grad(state["params"], batch, rng)
+
   def _pipeline_key(self, state):
     return jax.random.fold_in(jax.random.fold_in(state["step_key"], state["step"]),
                               base.PIPELINE_SALT)
@@ -242,8 +252,8 @@ class ParameterServerStrategy(base.Strategy):
       def pull(st):
         w = op["pull_worker"]
         batch = base.gather_batch(data, op.get("idx"))
-        grads, (loss, aux) = self._grad(st["params"], batch,
-                                        self._worker_rng(st, w, op["pull_iteration"]))
+        grads, (loss, aux) = self._gradient(st, batch,
+                                            self._worker_rng(st, w, op["pull_iteration"]))
         slots = {"grads": _put(st["slots"]["grads"], w, grads),
                  "metrics": _put(st["slots"]["metrics"], w, {"loss": loss, **aux})}
         return dict(st, slots=slots)
@@ -284,8 +294,8 @@ class ParameterServerStrategy(base.Strategy):
       metrics = {**_take(state["slots"]["metrics"], wa), **local_stats, **central_stats}
       # pull: worker wp's next gradient at the (possibly just updated) parameters
       batch = base.gather_batch(data, op.get("idx"))
-      grads, (loss, aux) = self._grad(state["params"], batch,
-                                      self._worker_rng(state, wp, op["pull_iteration"]))
+      grads, (loss, aux) = self._gradient(state, batch,
+                                          self._worker_rng(state, wp, op["pull_iteration"]))
       slots = state["slots"]
       new_grads = keep(do_pull, grads, _take(slots["grads"], wp))
       new_metrics = keep(do_pull, {"loss": loss, **aux}, _take(slots["metrics"], wp))

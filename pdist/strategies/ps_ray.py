@@ -341,7 +341,7 @@ class RayParameterServer(base.Strategy):
     self._ray = ray
     actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, max_restarts=-1,
                        max_task_retries=0)(_WorkerProcess)
-    if not self.ps.ray_address:  # every process on this machine: messages through shared rows
+    if not self.ps.ray_address and self.ps.ray_shared_memory:  # one machine: shared rows
       self._slots = Slots(self.K, int(self._flat.offsets[-1]), self._flat.dtype)
     spec = None if self._slots is None else self._slots.spec()
     self._actors = [actor.remote(self.config, k, spec) for k in range(self.K)]
