@@ -43,7 +43,7 @@ def _bsp(c):
 
 
 def _kill(c):
-  c.ps.failures.at = ((2.0, 1),)  # seconds after the first gradient arrived, worker 1
+  c.ps.failures.at = ((2.0, 1),)  # seconds after training started, worker 1
 
 
 PRESETS = {"tiny": _tiny, "k16": _k16, "ssp": _ssp, "bsp": _bsp, "kill": _kill}

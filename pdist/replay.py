@@ -95,11 +95,11 @@ def staleness_of(records: list[dict], steady: bool = True) -> np.ndarray:
 def emulated_staleness(config, records: list[dict]) -> tuple[np.ndarray, dict]:
   """The staleness the emulator predicts for this run's measured timing: compute times as a
   lognormal with the measured mean and spread of log-time, the latency as half the median
-  round trip beyond the compute (both without each worker's first gradient, which includes its
-  compilation); the same workers, consistency and number of updates."""
+  round trip beyond the compute (both without each worker's first gradient after a (re)start);
+  the same workers, consistency and number of updates."""
   from pdist.ps.simulator import Simulator
   applies = [r for r in records if r["op"] == "apply"]
-  warm = _warm(records)  # a worker's first gradient after a (re)start includes its compilation
+  warm = _warm(records)  # a worker's first gradient after a (re)start pays first-call costs
   compute = np.asarray([r["compute_seconds"] for r in warm])
   trip = np.asarray([r["round_trip_seconds"] for r in warm])
   fitted = {"compute_mean": float(compute.mean()), "compute_spread": float(np.log(compute).std()),
@@ -191,8 +191,11 @@ def main(argv=None) -> int:
   else:
     print(f"pdist.replay: the replayed parameters differ from the run's params.npz by up to "
           f"{max(diffs):.3g}")
-  if not args.no_compare and config.ps.consistency != "bsp":
-    real = staleness_of(records)
+  real = staleness_of(records)
+  if not args.no_compare and config.ps.consistency != "bsp" and not real.size:
+    print("pdist.replay: no update came after every worker had delivered one; nothing to "
+          "compare with the emulator")
+  elif not args.no_compare and config.ps.consistency != "bsp":
     emulated, fitted = emulated_staleness(config, records)
     emulated = emulated[len(emulated) - len(real):]   # as many, from the end: steady state
     tv = total_variation(real, emulated)

@@ -13,7 +13,7 @@ of events is whatever the real clocks give. The server stays in this process:
           ahead of the slowest waits for it; bsp: a round applies the mean of the first
           workers - backup_workers gradients of that round, later ones are dropped.
   faults: a worker whose process dies (ps.failures.at=((seconds, worker), ...) kills one that
-          many wall-clock seconds after the first gradient arrived; anything else may too) loses
+          many wall-clock seconds after every worker was ready; anything else may too) loses
           its in-flight gradient; Ray restarts the process and it rejoins with fresh parameters.
 
 Every pull, applied update and lost gradient is a *record*; train.run appends them to
@@ -41,6 +41,7 @@ from pdist import optim
 from pdist.data import WorkerSampler
 from pdist.ps import server as server_lib
 from pdist.ps import sharding
+from pdist.errors import TrainingError
 from pdist.registry import ConfigError
 from pdist.strategies import base
 from pdist.tasks import Task
@@ -183,6 +184,12 @@ class _WorkerProcess:
     self.worker = workers_of(config, task, [worker])[worker]
     self.flat = Flat(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
     self.slots = None if slots is None else Slots(*slots[:3], prefix=slots[3])
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    jax.block_until_ready(self.worker.gradient(   # compile now, not in the first gradient
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract), 0))
+
+  def ready(self) -> int:
+    return os.getpid()
 
   def compute(self, flat_params, iteration: int):
     """(flat gradient as numpy, metrics as floats, seconds it took, this process's id)."""
@@ -223,6 +230,10 @@ def start_ray(address: str, workers: int, worker_cpus: float):
   if not address:
     # a single-machine instance: every server Ray starts binds to the loopback address
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+  elif "RAY_AUTH_MODE" not in os.environ and (
+      os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
+    # Ray presents the cluster's token for address='auto' only; do the same for HOST:PORT
+    os.environ["RAY_AUTH_MODE"] = "token"
   import logging  # noqa: PLC0415
   import warnings  # noqa: PLC0415
 
@@ -240,7 +251,9 @@ def start_ray(address: str, workers: int, worker_cpus: float):
                  **quiet)
   except (ConnectionError, RuntimeError, ValueError) as e:
     raise ConfigError(f"config.ps.ray_address='{address}': could not connect to a Ray cluster "
-                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__}; a cluster "
+                      "started with `ray start` needs its token here: ~/.ray/auth_token or "
+                      "RAY_AUTH_TOKEN)") from None
   have = ray.cluster_resources().get("CPU", 0.0)
   if have < workers * worker_cpus:
     ray.shutdown()
@@ -305,7 +318,7 @@ class RayParameterServer(base.Strategy):
     self._started_at = None
     self._kills: list = []
     self._step = 0
-    self.startup_seconds = float("nan")  # from starting Ray to the first gradient (wall clock)
+    self.startup_seconds = float("nan")  # from starting Ray to every worker ready (wall clock)
 
   # -- state ----------------------------------------------------------------------------------
   def init(self, rng):
@@ -337,6 +350,9 @@ class RayParameterServer(base.Strategy):
 
   # -- Ray --------------------------------------------------------------------------------------
   def _start(self) -> None:
+    """Starts Ray and the K workers, and waits until every one is built and has compiled its
+    gradient, so that training starts with all of them (start-up reported apart)."""
+    begun = time.perf_counter()
     ray = start_ray(self.ps.ray_address, self.K, self.ps.ray_worker_cpus)
     self._ray = ray
     actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, max_restarts=-1,
@@ -345,8 +361,15 @@ class RayParameterServer(base.Strategy):
       self._slots = Slots(self.K, int(self._flat.offsets[-1]), self._flat.dtype)
     spec = None if self._slots is None else self._slots.spec()
     self._actors = [actor.remote(self.config, k, spec) for k in range(self.K)]
-    self._started_at = None   # set when the first gradient arrives: failures.at counts from then
-    self._start_called = time.perf_counter()
+    try:
+      ray.get([a.ready.remote() for a in self._actors])
+    except ray.exceptions.RayError as e:
+      self.close()
+      lines = [ln for ln in str(e).splitlines() if ln.strip()]
+      raise TrainingError(f"a Ray worker process could not start: {lines[-1] if lines else e}")\
+          from None
+    self._started_at = time.perf_counter()   # failures.at counts from here
+    self.startup_seconds = self._started_at - begun
     self._kills = sorted((float(t), int(w)) for t, w in self.ps.failures.at)
     self._record(op="start", workers=self.K)
 
@@ -411,9 +434,6 @@ class RayParameterServer(base.Strategy):
         break
     ref = ready[0]
     pull = self._pending.pop(ref)
-    if self._started_at is None:
-      self._started_at = time.perf_counter()
-      self.startup_seconds = self._started_at - self._start_called
     try:
       return pull, self._ray.get(ref)
     except self._ray.exceptions.RayActorError:
