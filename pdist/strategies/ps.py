@@ -62,6 +62,7 @@ def ps_config() -> ml_collections.ConfigDict:
   c.backend = "emulator"
   c.ray_address = ""        # ray: an existing cluster ("auto", "HOST:PORT"); "" starts one here
   c.ray_worker_cpus = 1.0   # ray: CPUs each worker reserves
+  c.ray_worker_gpus = 0.0   # ray: GPUs (or a share, e.g. 0.25) each worker reserves
   c.ray_shared_memory = True  # ray, one machine: messages through shared memory (else, and on
                               # a cluster, through Ray's object store)
   return c
@@ -90,7 +91,7 @@ def validate_ps(config) -> None:
     validate_ray(config)
   else:
     defaults = ps_config()
-    for field in ("ray_address", "ray_worker_cpus", "ray_shared_memory"):
+    for field in ("ray_address", "ray_worker_cpus", "ray_worker_gpus", "ray_shared_memory"):
       if ps[field] != defaults[field]:
         raise ConfigError(f"config.ps.{field} only applies to config.ps.backend='ray'")
   for item in ps.failures.at:

@@ -76,6 +76,8 @@ def validate_ray(config) -> None:
                       "config.ps.failures.at=((seconds, worker), ...)")
   if ps.ray_worker_cpus <= 0:
     raise ConfigError(f"config.ps.ray_worker_cpus must be positive, got {ps.ray_worker_cpus}")
+  if ps.ray_worker_gpus < 0:
+    raise ConfigError(f"config.ps.ray_worker_gpus must be >= 0, got {ps.ray_worker_gpus}")
 
 
 # -- the workers' side (also used by pdist.replay, in one process) -------------------------------
@@ -178,6 +180,8 @@ class _WorkerProcess:
   """The body of a Ray actor: one worker, built from the config and the dataset."""
 
   def __init__(self, config, worker: int, slots: tuple | None = None):
+    if config.ps.ray_worker_gpus:  # a share of a GPU (Ray sets CUDA_VISIBLE_DEVICES): no JAX
+      os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # preallocation
     from pdist import data, tasks  # noqa: PLC0415
     task = tasks.build(config, data.load(config.data))
     self.id = worker
@@ -223,7 +227,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                       f"(HOST:PORT of its head, or 'auto'): {e}") from None
 
 
-def start_ray(address: str, workers: int, worker_cpus: float):
+def start_ray(address: str, workers: int, worker_cpus: float, worker_gpus: float = 0.0):
   """The `ray` module, connected: to the cluster at `address`, or to a new local instance bound
   to 127.0.0.1 with no dashboard. Raises ConfigError when the cluster is unreachable or cannot
   place the workers."""
@@ -254,11 +258,13 @@ def start_ray(address: str, workers: int, worker_cpus: float):
                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__}; a cluster "
                       "started with `ray start` needs its token here: ~/.ray/auth_token or "
                       "RAY_AUTH_TOKEN)") from None
-  have = ray.cluster_resources().get("CPU", 0.0)
-  if have < workers * worker_cpus:
-    ray.shutdown()
-    raise ConfigError(f"config.ps.workers={workers} x config.ps.ray_worker_cpus={worker_cpus} "
-                      f"needs {workers * worker_cpus:g} CPUs but the Ray cluster has {have:g}")
+  for kind, each in (("CPU", worker_cpus), ("GPU", worker_gpus)):
+    have = ray.cluster_resources().get(kind, 0.0)
+    if have < workers * each:
+      ray.shutdown()
+      raise ConfigError(f"config.ps.workers={workers} x config.ps.ray_worker_{kind.lower()}s="
+                        f"{each:g} needs {workers * each:g} {kind}s but the Ray cluster has "
+                        f"{have:g}")
   return ray
 
 
@@ -353,10 +359,11 @@ class RayParameterServer(base.Strategy):
     """Starts Ray and the K workers, and waits until every one is built and has compiled its
     gradient, so that training starts with all of them (start-up reported apart)."""
     begun = time.perf_counter()
-    ray = start_ray(self.ps.ray_address, self.K, self.ps.ray_worker_cpus)
+    ray = start_ray(self.ps.ray_address, self.K, self.ps.ray_worker_cpus,
+                    self.ps.ray_worker_gpus)
     self._ray = ray
-    actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, max_restarts=-1,
-                       max_task_retries=0)(_WorkerProcess)
+    actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, num_gpus=self.ps.ray_worker_gpus,
+                       max_restarts=-1, max_task_retries=0)(_WorkerProcess)
     if not self.ps.ray_address and self.ps.ray_shared_memory:  # one machine: shared rows
       self._slots = Slots(self.K, int(self._flat.offsets[-1]), self._flat.dtype)
     spec = None if self._slots is None else self._slots.spec()
