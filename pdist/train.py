@@ -418,6 +418,8 @@ def run(config, workdir: str | None = None, pipeline=None,
             workdir, enabled=r.is_writer and r.finished is None,
             tensorboard=config.train.tensorboard, config_json=config.to_json(indent=2))
       try:
+        if r.finished is None:
+          r.strategy.start()
         _loop(r, stop)
         if r.ckpt is not None:
           r.ckpt.wait()   # a background save's failure surfaces here, as an OutputError

@@ -108,7 +108,7 @@ def test_real_bsp_equals_the_emulator_and_resumes_as_its_replay(tmp_path, capsys
     (["--config.compression.name=topk"], "uncompressed, non-private gradients only"),
     (["--config.ps.failures.rate=0.1"], "config.ps.failures.at=((seconds, worker), ...)"),
     (["--config.ps.ray_worker_gpus=-1"], "config.ps.ray_worker_gpus must be >= 0"),
-    (["--config.ps.ray_worker_gpus=1000"], "needs 2000 GPUs but the Ray cluster has"),  # placed?
+    (["--config.ps.ray_worker_gpus=1000"], "needs 4000 GPUs but the Ray cluster has"),  # placed?
 ])
 def test_ray_backend_config_errors(fields, message, tmp_path, capsys):
   assert_one_clear_line("mnist1d.py:tiny", ["--config.strategy=ps", "--config.ps.backend=ray",

@@ -81,6 +81,10 @@ class Strategy(abc.ABC):
     cuts trace.jsonl back to its checkpoint)."""
     return 0
 
+  def start(self) -> None:
+    """Starts what the strategy runs outside this process (train.run calls it after resuming,
+    before the first update: a failure there comes before any progress output)."""
+
   def close(self) -> None:
     """Releases what the strategy started outside this process (train.run calls it last)."""
 

@@ -355,9 +355,13 @@ class RayParameterServer(base.Strategy):
     self.host.records += 1
 
   # -- Ray --------------------------------------------------------------------------------------
-  def _start(self) -> None:
+  def start(self) -> None:
     """Starts Ray and the K workers, and waits until every one is built and has compiled its
     gradient, so that training starts with all of them (start-up reported apart)."""
+    if self._ray is None:
+      self._start()
+
+  def _start(self) -> None:
     begun = time.perf_counter()
     ray = start_ray(self.ps.ray_address, self.K, self.ps.ray_worker_cpus,
                     self.ps.ray_worker_gpus)
