@@ -79,3 +79,18 @@ def test_digits_split():
   ds = datasets.digits()
   assert ds.x_train.shape == (1497, 8, 8) and ds.x_test.shape == (300, 8, 8)
   assert 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+
+
+@pytest.mark.parametrize("partition", ["iid", "shared", "label"])
+def test_many_batches_at_once_are_the_batches_one_by_one(partition):
+  from conftest import load_experiment
+  c = load_experiment("mnist1d", "tiny")
+  c.data.partition = partition
+  ds = data.load(c.data)
+  sampler = data.WorkerSampler(c.data, ds, 4, 3, 16)
+  rng = np.random.default_rng(0)
+  workers = rng.integers(0, 4, 60)
+  iterations = np.concatenate([np.arange(15) + 7 * w for w in range(4)])[rng.permutation(60)]
+  many = sampler.indices_many(workers, iterations)
+  for w, i, row in zip(workers, iterations, many):
+    assert np.array_equal(row, sampler.indices(int(w), int(i)))

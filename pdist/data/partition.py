@@ -116,6 +116,26 @@ class WorkerSampler:
     part = self.parts[worker]
     return part[batch_indices(self.seed, iteration, b, len(part), worker=worker)[0]]
 
+  def indices_many(self, workers: np.ndarray, iterations: np.ndarray) -> np.ndarray:
+    """`indices(w, i)` for many (w, i) pairs at once, shape [len, batch_size]: one batch_indices
+    call per worker over the span of its iterations (a worker's iterations in an interval are
+    consecutive), not one per pair."""
+    workers, iterations = np.asarray(workers), np.asarray(iterations)
+    out = np.empty((len(workers), self.batch_size), np.int64)
+    b = self.batch_size
+    for w in np.unique(workers):
+      rows = np.nonzero(workers == w)[0]
+      first, last = int(iterations[rows].min()), int(iterations[rows].max())
+      if self.parts is None:
+        span = batch_indices(self.seed, first, b * self.workers, self.num_train,
+                             num_steps=last - first + 1)[:, w * b:(w + 1) * b]
+      else:
+        part = self.parts[w]
+        span = part[batch_indices(self.seed, first, b, len(part), worker=int(w),
+                                  num_steps=last - first + 1)]
+      out[rows] = span[iterations[rows] - first]
+    return out
+
   def sizes(self) -> list[int]:
     """Examples held by each worker (all of them under `shared`)."""
     if self.parts is None:

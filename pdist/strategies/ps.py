@@ -359,43 +359,59 @@ class ParameterServerStrategy(base.Strategy):
     return out
 
   def _encode_ops(self, ops, length: int) -> dict:
-    """AsyncOps as arrays, padded to `length` with no-op steps."""
+    """AsyncOps as arrays, padded to `length` with no-op steps; the batches of all pulls at once
+    (WorkerSampler.indices_many)."""
+    n = len(ops)
+    fields = np.asarray([(op.apply_worker, op.pull_worker, op.pull_iteration) for op in ops],
+                        np.int64).reshape(n, 3)
     enc = {"apply_worker": np.full(length, -1, np.int32), "scale": np.ones(length, np.float32),
            "pull_worker": np.full(length, -1, np.int32),
            "pull_iteration": np.zeros(length, np.int32)}
-    for i, op in enumerate(ops):
-      enc["apply_worker"][i], enc["scale"][i] = op.apply_worker, op.scale
-      enc["pull_worker"][i], enc["pull_iteration"][i] = op.pull_worker, op.pull_iteration
+    enc["apply_worker"][:n], enc["pull_worker"][:n] = fields[:, 0], fields[:, 1]
+    enc["pull_iteration"][:n] = fields[:, 2]
+    enc["scale"][:n] = [op.scale for op in ops]
     if self.data is not None:
       idx = np.zeros((length, self.batch_size), np.int32)
-      for i, op in enumerate(ops):
-        if op.pull_worker >= 0:
-          idx[i] = self.worker_batch(op.pull_worker, op.pull_iteration)
+      pulls = np.nonzero(fields[:, 1] >= 0)[0]
+      if pulls.size:
+        idx[pulls] = self.sampler.indices_many(fields[pulls, 1], fields[pulls, 2])
       enc["idx"] = idx
     return enc
 
-  def run(self, state, num_updates: int):
+  def dispatch(self, state, num_updates: int, step: int | None = None):
+    """Simulates the next `num_updates` updates and queues their replay without waiting for the
+    device: the host simulates and encodes interval i + 1 while the device replays interval i
+    (train.run reads a chunk's metrics one chunk later)."""
+    del step
     interval = self.simulator.advance(num_updates)
     ops = interval.ops
+    host = interval.metrics(dict(self.simulator.totals))
+    host["updates"] = self.simulator.updates
+    if self.ps.consistency == "ssp":
+      host["clock_gap_max"] = interval.max_clock_gap
     if self.bsp:
       state, metrics = self._chunk(state, self.data, self._encode_rounds(ops))
-      out = base.to_host(metrics)
+      return state, ([(metrics, None)], host)
+    # fixed-length pieces (a power of two >= num_updates), so one compilation serves every
+    # interval, including the first one with its K initial pulls
+    length = 1 << max(0, (num_updates - 1).bit_length())
+    parts = []
+    for lo in range(0, len(ops), length):
+      state, part = self._chunk(state, self.data, self._encode_ops(ops[lo:lo + length], length))
+      parts.append(part)
+    return state, (parts, host)
+
+  def collect(self, pending) -> dict:
+    parts, host = pending
+    parts = jax.device_get(parts)
+    if self.bsp:
+      out = {k: float(v) for k, v in parts[0][0].items()}
     else:
-      # fixed-length pieces (a power of two >= num_updates), so one compilation serves every
-      # interval, including the first one with its K initial pulls
-      length = 1 << max(0, (num_updates - 1).bit_length())
-      sums: dict[str, float] = {}
-      count = 0.0
-      for lo in range(0, len(ops), length):
-        state, (part, n) = self._chunk(state, self.data, self._encode_ops(ops[lo:lo + length],
-                                                                         length))
-        part, n = jax.device_get((part, n))
-        count += float(n)
-        for k, v in part.items():
-          sums[k] = sums.get(k, 0.0) + float(v)
-      out = {k: v / max(count, 1.0) for k, v in sums.items()}
-    out.update(interval.metrics(dict(self.simulator.totals)))
-    out["updates"] = self.simulator.updates
-    if self.ps.consistency == "ssp":
-      out["clock_gap_max"] = interval.max_clock_gap
-    return state, out
+      count = sum(float(n) for _, n in parts)
+      out = {k: sum(float(p[k]) for p, _ in parts) / max(count, 1.0) for k in parts[0][0]}
+    out.update(host)
+    return out
+
+  def run(self, state, num_updates: int):
+    state, pending = self.dispatch(state, num_updates)
+    return state, self.collect(pending)
