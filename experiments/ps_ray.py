@@ -9,7 +9,7 @@ the emulator predicts with the real one (total variation distance and a figure).
   python -m pdist --config experiments/ps_ray.py --workdir runs/ray_k4
   python -m pdist.replay runs/ray_k4        # bit for bit; staleness_real_vs_emulator.png
   python -m pdist.sweep --config experiments/ps_ray.py --workdir runs/ps_ray   # k4, k16 x async, ssp
-  python -m pdist --config experiments/ps_ray.py:kill --workdir runs/ray_kill  # a worker killed at 2 s
+  python -m pdist --config experiments/ps_ray.py:kill --workdir runs/ray_kill  # worker 1 killed at 0.5 s
 
 Measured (2-core CPU, 2026-11-27; ~0.5 to 2 minutes a run, most of it Ray's and the workers'
 start-up), real vs emulated staleness: see the README's "Parameter server on Ray" table. On
@@ -43,7 +43,8 @@ def _bsp(c):
 
 
 def _kill(c):
-  c.ps.failures.at = ((2.0, 1),)  # seconds after training started, worker 1
+  c.ps.failures.at = ((0.5, 1),)  # seconds after training started, worker 1
+  c.train.steps = 5000            # ~8 s: long enough for its new process to start and rejoin
 
 
 PRESETS = {"tiny": _tiny, "k16": _k16, "ssp": _ssp, "bsp": _bsp, "kill": _kill}

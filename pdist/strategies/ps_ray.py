@@ -323,6 +323,10 @@ class RayParameterServer(base.Strategy):
     self._round_grads: dict = {}      # bsp: worker -> (grads, metrics) of this round
     self._started_at = None
     self._kills: list = []
+    self._killed: set = set()         # killed by failures.at, their lost call not seen yet
+    self._down: set = set()           # workers whose process is restarting
+    self._probes: dict = {}           # ObjectRef of a `ready` call -> worker being restarted
+    self._running = False             # the workers have been given their first pulls
     self._step = 0
     self.startup_seconds = float("nan")  # from starting Ray to every worker ready (wall clock)
 
@@ -390,7 +394,8 @@ class RayParameterServer(base.Strategy):
       ray, self._ray = self._ray, None
       for a in self._actors:
         ray.kill(a, no_restart=True)
-      self._actors, self._pending = [], {}
+      self._actors, self._pending, self._probes, self._down = [], {}, {}, set()
+      self._running = False
       ray.shutdown()
     if self._slots is not None:
       self._slots.unlink()
@@ -432,40 +437,72 @@ class RayParameterServer(base.Strategy):
     now = time.perf_counter() - self._started_at
     while self._kills and self._kills[0][0] <= now:
       _, w = self._kills.pop(0)
-      self._ray.kill(self._actors[w], no_restart=False)   # the process dies; Ray restarts it
+      # the process dies and Ray restarts it; a call in flight fails (a lost gradient), a call
+      # made later waits for the new process
+      self._ray.kill(self._actors[w], no_restart=False)
+      self.host.totals["crashes"] += 1
+      self._killed.add(w)
+      self._record(op="kill", worker=w)
     return self._kills[0][0] - now if self._kills else None
 
   def _next_result(self):
-    """(pull, (grads, metrics, seconds, pid)) of the first finished gradient; None for a lost
-    one (its worker died: counted, recorded and resubmitted)."""
+    """(pull, (grads, metrics, seconds, pid)) of the first finished gradient, or None when what
+    finished was something else: a lost gradient (its worker died: counted and recorded; the
+    worker is probed until its new process is ready, then rejoins with a fresh pull) or such a
+    probe."""
     while True:
       timeout = self._kill_due()
-      ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+      ready, _ = self._ray.wait(list(self._pending) + list(self._probes), num_returns=1,
+                                timeout=timeout)
       if ready:
         break
     ref = ready[0]
+    if ref in self._probes:
+      w = self._probes.pop(ref)
+      try:
+        self._ray.get(ref)
+      except self._ray.exceptions.RayActorError:   # still restarting
+        self._probes[self._actors[w].ready.remote()] = w
+        return None
+      self._down.discard(w)
+      self._rejoin(w)
+      return None
     pull = self._pending.pop(ref)
     try:
       return pull, self._ray.get(ref)
-    except self._ray.exceptions.RayActorError:
-      self.host.totals["crashes"] += 1
+    except self._ray.exceptions.RayActorError as e:
+      w = pull.worker
+      if w in self._killed:               # a scripted kill, counted when it was made
+        self._killed.discard(w)
+      elif w not in self._down:           # the process died of something else
+        self.host.totals["crashes"] += 1
       self.host.totals["dropped_gradients"] += 1
-      self._record(op="lost", worker=pull.worker, iteration=pull.iteration)
-      if self.bsp:
-        if pull.round == self.host.round:
-          self._submit(pull.worker, iteration=self.host.round, round_=self.host.round)
-      elif self._may_start(pull.worker):
-        self._submit(pull.worker)
-      else:
-        self._waiting.append(pull.worker)
-      return pull, None
+      self._record(op="lost", worker=w, iteration=pull.iteration, error=type(e).__name__)
+      if w not in self._down:
+        self._down.add(w)
+        self._probes[self._actors[w].ready.remote()] = w
+      return None
+
+  def _rejoin(self, w: int) -> None:
+    """Worker w's new process is ready: it pulls the current version (bsp: joins this round
+    unless it already delivered or has a call for it; ssp: unless the clock bound holds it)."""
+    if self.bsp:
+      r = self.host.round
+      if w not in self._round_grads and not any(
+          p.worker == w and p.round == r for p in self._pending.values()):
+        self._submit(w, iteration=r, round_=r)
+    elif self._may_start(w):
+      self._submit(w)
+    else:
+      self._waiting.append(w)
 
   def _begin(self, state) -> None:
     """(Re)starts the workers at this state: every worker pulls it."""
     if self._ray is None:
       self._start()
     self._load(state)
-    if not self._pending:
+    if not self._running:
+      self._running = True
       for w in range(self.K):
         if self.bsp:
           self._submit(w, iteration=self.host.round, round_=self.host.round)
@@ -488,9 +525,10 @@ class RayParameterServer(base.Strategy):
     count, gap = 0, 0
     target = self._step + num_updates
     while self._step < target:
-      pull, result = self._next_result()
-      if result is None:
+      got = self._next_result()
+      if got is None:
         continue
+      pull, result = got
       flat, metrics, seconds, _ = result
       if flat is None:  # shared rows: copied out before the worker can be called again
         flat = np.array(self._slots.grads[pull.worker])
@@ -548,7 +586,7 @@ class RayParameterServer(base.Strategy):
 
   def _release_waiting(self) -> None:
     for v in list(self._waiting):
-      if self._may_start(v):
+      if self._may_start(v) and v not in self._down:
         self._waiting.remove(v)
         self._submit(v)
 
@@ -578,7 +616,8 @@ class RayParameterServer(base.Strategy):
     self._round_grads = {}
     self.host.round += 1
     for w in range(self.K):  # a worker still on the old round starts once it has finished it
-      self._submit(w, iteration=self.host.round, round_=self.host.round)
+      if w not in self._down:  # (one that is restarting joins when it is ready)
+        self._submit(w, iteration=self.host.round, round_=self.host.round)
     return metrics
 
   def describe(self, state) -> dict:
