@@ -59,6 +59,15 @@ def replay(workdir: str):
   server = strategy.server
   workers = workers_of(config, task, range(config.ps.workers))
   pending: dict[int, tuple] = {}
+  try:
+    _replay_records(records, server, workers, pending, server_lib)
+  except (KeyError, TypeError) as e:
+    raise ConfigError(f"{os.path.join(workdir, 'trace.jsonl')} is damaged: an update without "
+                      f"its pull, or a record without a field ({e!r})") from None
+  return config, server.params, records
+
+
+def _replay_records(records, server, workers, pending, server_lib) -> None:
   for rec in records:
     op = rec["op"]
     if op == "start":          # the workers (re)started: nothing in flight survives
@@ -73,7 +82,6 @@ def replay(workdir: str):
     elif op == "round":
       mean = server_lib.average([pending.pop(w)[0] for w in rec["workers"]])
       server.push(-1, mean, dict(enumerate(server.versions)))
-  return config, server.params, records
 
 
 def staleness_of(records: list[dict], steady: bool = True) -> np.ndarray:

@@ -101,6 +101,11 @@ def test_parameter_server_groups_at_zero_weight_are_independent_ps_runs(tmp_path
                         str(tmp_path / "run"))
   assert max_diff(distilled.state["groups"]["params"], result.state["groups"]["params"]) > 1e-4
   assert distilled.rows[-1]["exchanges"] == 5 and distilled.rows[-1]["bytes_pushed"] > 0
+  # a row's clock and totals are those at its own step, not the next chunk's (rows every 5)
+  short = train.run(_servers(codistill__weight=0.0, codistill__exchange_every=4,
+                             train__steps=10)).rows[-1]
+  row = next(r for r in result.rows if r["step"] == 10)
+  assert (row["sim_time"], row["bytes_pushed"]) == (short["sim_time"], short["bytes_pushed"])
   resumed = train.run(_servers(codistill__exchange_every=4, checkpoint__every=10,
                                train__steps=30), str(tmp_path / "run"))   # 20 -> 30, resumed
   fresh = train.run(_servers(codistill__exchange_every=4, train__steps=30))

@@ -332,10 +332,17 @@ class CodistillServers(Codistill):
       counts = part_counts if counts is None else counts + part_counts
       intervals.append(parts)
       done += m
-    return state, (sums, counts, intervals, step + num_updates)
+    # the simulators' clocks and totals now: they move on when the next chunk is dispatched,
+    # before this one is collected
+    host = {"sim_time": max(s.simulator.time for s in self.servers),
+            **{key: int(sum(s.simulator.totals[key] for s in self.servers))
+               for key in ("bytes_pushed", "bytes_pulled", "dropped_gradients", "crashes")}}
+    if self.servers[0].ps.consistency == "ssp":
+      host["clock_gap_max"] = max(p.max_clock_gap for parts in intervals for p in parts)
+    return state, (sums, counts, intervals, host, step + num_updates)
 
   def collect(self, pending):
-    sums, counts, intervals, step = pending
+    sums, counts, intervals, host, step = pending
     sums, counts = jax.device_get((sums, counts))
     out = {}
     for key, values in sums.items():
@@ -347,9 +354,7 @@ class CodistillServers(Codistill):
     st = np.asarray(staleness, np.int64)
     out["staleness_mean"] = float(st.mean()) if st.size else 0.0
     out["staleness_max"] = int(st.max()) if st.size else 0
-    out["sim_time"] = max(s.simulator.time for s in self.servers)
-    for key in ("bytes_pushed", "bytes_pulled", "dropped_gradients", "crashes"):
-      out[key] = int(sum(s.simulator.totals[key] for s in self.servers))
+    out.update(host)
     out["exchanges"] = step // self.E
     out["bytes_exchanged"] = (step // self.E) * self.G * (self.G - 1) * self.model_bytes
     return out

@@ -147,6 +147,13 @@ class Flat:
                                       self.dtypes)])
 
 
+def _shm_free_bytes() -> int:
+  import tempfile  # noqa: PLC0415
+  root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+  st = os.statvfs(root)
+  return st.f_bavail * st.f_frsize
+
+
 class Slots:
   """Memory shared by the processes of one machine: per worker, a row of parameters (written by
   the server before it starts the worker's next gradient) and a row of gradient (written by the
@@ -182,6 +189,8 @@ class _WorkerProcess:
   def __init__(self, config, worker: int, slots: tuple | None = None):
     if config.ps.ray_worker_gpus:  # a share of a GPU (Ray sets CUDA_VISIBLE_DEVICES): no JAX
       os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # preallocation
+    else:  # CPU workers stay off any GPU of the host (each would preallocate most of it)
+      os.environ["JAX_PLATFORMS"] = "cpu"
     from pdist import data, tasks  # noqa: PLC0415
     task = tasks.build(config, data.load(config.data))
     self.id = worker
@@ -215,6 +224,12 @@ class _WorkerProcess:
 
 
 # -- starting and stopping Ray -------------------------------------------------------------------
+
+def _last_line(error) -> str:
+  """The last non-empty line of an error's text (Ray's carry the remote traceback above it)."""
+  lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+  return lines[-1] if lines else type(error).__name__
+
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
   import socket  # noqa: PLC0415
@@ -326,6 +341,7 @@ class RayParameterServer(base.Strategy):
     self._killed: set = set()         # killed by failures.at, their lost call not seen yet
     self._down: set = set()           # workers whose process is restarting
     self._probes: dict = {}           # ObjectRef of a `ready` call -> worker being restarted
+    self._probe_failures: dict = {}   # worker -> probes that failed since it went down
     self._running = False             # the workers have been given their first pulls
     self._step = 0
     self.startup_seconds = float("nan")  # from starting Ray to every worker ready (wall clock)
@@ -373,16 +389,22 @@ class RayParameterServer(base.Strategy):
     actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, num_gpus=self.ps.ray_worker_gpus,
                        max_restarts=-1, max_task_retries=0)(_WorkerProcess)
     if not self.ps.ray_address and self.ps.ray_shared_memory:  # one machine: shared rows
-      self._slots = Slots(self.K, int(self._flat.offsets[-1]), self._flat.dtype)
+      size = int(self._flat.offsets[-1])
+      need = 2 * self.K * size * self._flat.dtype.itemsize
+      free = _shm_free_bytes()
+      if free < 2 * need:   # the rows are sparse files: too little room would be a SIGBUS later
+        print(f"pdist: {need / 2**20:.0f} MB of shared-memory rows do not fit in "
+              f"{free / 2**20:.0f} MB free under /dev/shm; messages go through Ray's object "
+              "store", file=sys.stderr)
+      else:
+        self._slots = Slots(self.K, size, self._flat.dtype)
     spec = None if self._slots is None else self._slots.spec()
     self._actors = [actor.remote(self.config, k, spec) for k in range(self.K)]
     try:
       ray.get([a.ready.remote() for a in self._actors])
     except ray.exceptions.RayError as e:
       self.close()
-      lines = [ln for ln in str(e).splitlines() if ln.strip()]
-      raise TrainingError(f"a Ray worker process could not start: {lines[-1] if lines else e}")\
-          from None
+      raise TrainingError(f"a Ray worker process could not start: {_last_line(e)}") from None
     self._started_at = time.perf_counter()   # failures.at counts from here
     self.startup_seconds = self._started_at - begun
     self._kills = sorted((float(t), int(w)) for t, w in self.ps.failures.at)
@@ -461,15 +483,24 @@ class RayParameterServer(base.Strategy):
       w = self._probes.pop(ref)
       try:
         self._ray.get(ref)
-      except self._ray.exceptions.RayActorError:   # still restarting
-        self._probes[self._actors[w].ready.remote()] = w
+      except self._ray.exceptions.RayError as e:
+        self._probe_failures[w] = self._probe_failures.get(w, 0) + 1
+        if (getattr(e, "actor_init_failed", False) or self._probe_failures[w] > 100
+            or not isinstance(e, self._ray.exceptions.RayActorError)):
+          raise TrainingError(f"Ray worker {w} died and could not be restarted: "
+                              f"{_last_line(e)}") from None
+        self._probes[self._actors[w].ready.remote()] = w    # still restarting: ask again
         return None
+      self._probe_failures.pop(w, None)
       self._down.discard(w)
       self._rejoin(w)
       return None
     pull = self._pending.pop(ref)
     try:
       return pull, self._ray.get(ref)
+    except self._ray.exceptions.RayTaskError as e:   # the gradient call itself raised
+      raise TrainingError(f"Ray worker {pull.worker} failed computing its gradient "
+                          f"{pull.iteration}: {_last_line(e)}") from None
     except self._ray.exceptions.RayActorError as e:
       w = pull.worker
       if w in self._killed:               # a scripted kill, counted when it was made
@@ -506,8 +537,10 @@ class RayParameterServer(base.Strategy):
       for w in range(self.K):
         if self.bsp:
           self._submit(w, iteration=self.host.round, round_=self.host.round)
-        else:
+        elif self._may_start(w):   # ssp: a resumed run's clocks may hold some back
           self._submit(w)
+        else:
+          self._waiting.append(w)
 
   def _load(self, state) -> None:
     s = self.server
