@@ -120,3 +120,11 @@ def test_ray_backend_config_errors(fields, message, tmp_path, capsys):
 def test_ray_address_without_ray_is_refused(tmp_path, capsys):
   assert_one_clear_line("mnist1d.py:tiny", ["--config.strategy=ps", "--config.ps.ray_address=auto"],
                         "only applies to config.ps.backend='ray'", tmp_path / "w", capsys)
+
+
+def test_a_resumed_run_keeps_only_the_kills_still_ahead():
+  from pdist.strategies.ps_ray import kill_schedule
+  at = ((2.5, 1), (0.5, 0), (4.0, 2))
+  assert kill_schedule(at, 0.0) == [(0.5, 0), (2.5, 1), (4.0, 2)]
+  assert kill_schedule(at, 1.0) == [(1.5, 1), (3.0, 2)]   # 0.5 happened before the checkpoint
+  assert kill_schedule(at, 5.0) == []

@@ -283,6 +283,13 @@ def start_ray(address: str, workers: int, worker_cpus: float, worker_gpus: float
   return ray
 
 
+def kill_schedule(at, trained_seconds: float) -> list[tuple[float, int]]:
+  """failures.at's (seconds of training, worker) kills still ahead of a run that has trained
+  `trained_seconds` already, as seconds from now, in order: a resumed run does not repeat the
+  kills before its checkpoint."""
+  return sorted((float(t) - trained_seconds, int(w)) for t, w in at if t > trained_seconds)
+
+
 @dataclasses.dataclass
 class _Pull:
   worker: int
@@ -299,6 +306,7 @@ class _Host:
   clock: list
   round: int = 0
   records: int = 0
+  trained_seconds: float = 0.0   # wall-clock seconds of training before this process's start
   totals: dict = dataclasses.field(default_factory=lambda: {
       "dropped_gradients": 0, "crashes": 0, "bytes_pushed": 0, "bytes_pulled": 0})
 
@@ -406,8 +414,9 @@ class RayParameterServer(base.Strategy):
       self.close()
       raise TrainingError(f"a Ray worker process could not start: {_last_line(e)}") from None
     self._started_at = time.perf_counter()   # failures.at counts from here
+    self._trained_before = self.host.trained_seconds   # (and from a resumed run's past)
     self.startup_seconds = self._started_at - begun
-    self._kills = sorted((float(t), int(w)) for t, w in self.ps.failures.at)
+    self._kills = kill_schedule(self.ps.failures.at, self.host.trained_seconds)
     self._record(op="start", workers=self.K)
 
   def close(self) -> None:
@@ -596,6 +605,7 @@ class RayParameterServer(base.Strategy):
       self._release_waiting()
       if self.ps.consistency == "ssp":
         gap = max(gap, max(self.host.clock) - min(self.host.clock))
+    self.host.trained_seconds = self._trained_before + time.perf_counter() - self._started_at
     state = dict(state, params=self.server.params, opt_state=list(self.server.opt_states),
                  versions=jnp.asarray(self.server.versions, jnp.int32),
                  step=jnp.asarray(self._step, jnp.int32))
