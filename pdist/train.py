@@ -117,12 +117,15 @@ def _metrics_up_to(workdir: str, step: int) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     return []
   kept = [r for r in metrics.read(workdir) if r["step"] <= step]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in kept:
-      f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
+  _replace_lines(path, [json.dumps(r) + "\n" for r in kept])
   return kept
+
+
+def _replace_lines(path: str, lines: list[str]) -> None:
+  """Rewrites the file at `path` with `lines`, atomically (a temporary file, then a rename)."""
+  with open(path + ".tmp", "w") as f:
+    f.writelines(lines)
+  os.replace(path + ".tmp", path)
 
 
 TRACE = "trace.jsonl"
@@ -139,9 +142,7 @@ def _trace_up_to(workdir: str, count: int, log) -> None:
   if len(lines) < count:
     log(f"pdist: {path} has {len(lines)} records but the checkpoint saw {count}; the trace "
         "cannot be replayed past its end")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(lines[:count])
-  os.replace(path + ".tmp", path)
+  _replace_lines(path, lines[:count])
 
 
 def _write_records(r) -> None:

@@ -68,11 +68,16 @@ class Interval:
   max_clock_gap: int = 0
 
   def metrics(self, totals: dict) -> dict:
-    st = np.asarray(self.staleness, np.int64)
-    hist = np.bincount(st).tolist() if st.size else []
-    return {"sim_time": self.sim_time, "staleness_mean": float(st.mean()) if st.size else 0.0,
-            "staleness_max": int(st.max()) if st.size else 0, "staleness_hist": hist,
-            **totals}
+    return {"sim_time": self.sim_time, **staleness_summary(self.staleness), **totals}
+
+
+def staleness_summary(staleness) -> dict:
+  """staleness_mean, staleness_max and staleness_hist (counts of 0, 1, ...) of some updates."""
+  st = np.asarray(staleness, np.int64)
+  if not st.size:
+    return {"staleness_mean": 0.0, "staleness_max": 0, "staleness_hist": []}
+  return {"staleness_mean": float(st.mean()), "staleness_max": int(st.max()),
+          "staleness_hist": np.bincount(st).tolist()}
 
 
 class Simulator:

@@ -35,6 +35,7 @@ import numpy as np
 from pdist import distill, optim
 from pdist import pipeline as pipeline_lib
 from pdist.ps import sharding
+from pdist.ps.simulator import staleness_summary
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
 from pdist.strategies import base
 from pdist.strategies.ps import ParameterServerStrategy
@@ -350,10 +351,8 @@ class CodistillServers(Codistill):
       out[key] = float(per.mean())
       if self.G > 1:
         out[f"{key}_replicas"] = [float(v) for v in per]
-    staleness = [st for parts in intervals for p in parts for st in p.staleness]
-    st = np.asarray(staleness, np.int64)
-    out["staleness_mean"] = float(st.mean()) if st.size else 0.0
-    out["staleness_max"] = int(st.max()) if st.size else 0
+    summary = staleness_summary([st for parts in intervals for p in parts for st in p.staleness])
+    out.update(staleness_mean=summary["staleness_mean"], staleness_max=summary["staleness_max"])
     out.update(host)
     out["exchanges"] = step // self.E
     out["bytes_exchanged"] = (step // self.E) * self.G * (self.G - 1) * self.model_bytes

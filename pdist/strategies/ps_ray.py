@@ -41,6 +41,7 @@ from pdist import optim
 from pdist.data import WorkerSampler
 from pdist.ps import server as server_lib
 from pdist.ps import sharding
+from pdist.ps.simulator import staleness_summary
 from pdist.errors import TrainingError
 from pdist.registry import ConfigError
 from pdist.strategies import base
@@ -147,10 +148,14 @@ class Flat:
                                       self.dtypes)])
 
 
-def _shm_free_bytes() -> int:
+def _shm_root() -> str:
+  """Where the shared rows live: /dev/shm (memory), else the temporary directory."""
   import tempfile  # noqa: PLC0415
-  root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-  st = os.statvfs(root)
+  return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def _shm_free_bytes() -> int:
+  st = os.statvfs(_shm_root())
   return st.f_bavail * st.f_frsize
 
 
@@ -161,14 +166,11 @@ class Slots:
   so they need no lock. Files under /dev/shm, mapped by every process (`np.memmap`)."""
 
   def __init__(self, workers: int, size: int, dtype, prefix: str | None = None):
-    import tempfile  # noqa: PLC0415
     import uuid  # noqa: PLC0415
-    self.create = prefix is None
-    if self.create:
-      root = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-      prefix = os.path.join(root, f"pdist-ps-{uuid.uuid4().hex}")
+    mode = "w+" if prefix is None else "r+"     # the server creates them, workers map them
+    if prefix is None:
+      prefix = os.path.join(_shm_root(), f"pdist-ps-{uuid.uuid4().hex}")
     self.prefix, self.shape, self.dtype = prefix, (workers, size), np.dtype(dtype)
-    mode = "w+" if self.create else "r+"
     self.params = np.memmap(prefix + "-params", self.dtype, mode, shape=self.shape)
     self.grads = np.memmap(prefix + "-grads", self.dtype, mode, shape=self.shape)
 
@@ -195,32 +197,33 @@ class _WorkerProcess:
     task = tasks.build(config, data.load(config.data))
     self.id = worker
     self.worker = workers_of(config, task, [worker])[worker]
-    self.flat = Flat(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
-    self.slots = None if slots is None else Slots(*slots[:3], prefix=slots[3])
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.flat = Flat(abstract)
+    self.slots = None if slots is None else Slots(*slots[:3], prefix=slots[3])
     jax.block_until_ready(self.worker.gradient(   # compile now, not in the first gradient
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract), 0))
 
   def ready(self) -> int:
     return os.getpid()
 
-  def compute(self, flat_params, iteration: int):
-    """(flat gradient as numpy, metrics as floats, seconds it took, this process's id)."""
+  def _timed(self, flat_params, iteration: int, out=None):
+    """(flat gradient, metrics as floats, seconds it took) at the flat parameters."""
     start = time.perf_counter()
     grads, metrics = self.worker.gradient(self.flat.unravel(flat_params), iteration)
-    flat, metrics = jax.device_get((self.flat.ravel(grads), metrics))
-    return flat, {k: float(v) for k, v in metrics.items()}, time.perf_counter() - start, \
-        os.getpid()
+    flat = self.flat.ravel(grads, out=out)
+    return flat, {k: float(v) for k, v in jax.device_get(metrics).items()}, \
+        time.perf_counter() - start
+
+  def compute(self, flat_params, iteration: int):
+    """(flat gradient as numpy, metrics as floats, seconds it took)."""
+    return self._timed(flat_params, iteration)
 
   def compute_shared(self, iteration: int):
     """`compute` through this worker's shared rows: parameters in, gradient out; returns
-    (None, metrics, seconds, process id)."""
-    start = time.perf_counter()
-    grads, metrics = self.worker.gradient(self.flat.unravel(self.slots.params[self.id]),
-                                          iteration)
-    self.flat.ravel(grads, out=self.slots.grads[self.id])
-    return None, {k: float(v) for k, v in jax.device_get(metrics).items()}, \
-        time.perf_counter() - start, os.getpid()
+    (None, metrics, seconds)."""
+    _, metrics, seconds = self._timed(self.slots.params[self.id], iteration,
+                                      out=self.slots.grads[self.id])
+    return None, metrics, seconds
 
 
 # -- starting and stopping Ray -------------------------------------------------------------------
@@ -477,7 +480,7 @@ class RayParameterServer(base.Strategy):
     return self._kills[0][0] - now if self._kills else None
 
   def _next_result(self):
-    """(pull, (grads, metrics, seconds, pid)) of the first finished gradient, or None when what
+    """(pull, (flat gradient, metrics, seconds)) of the first finished gradient, or None when what
     finished was something else: a lost gradient (its worker died: counted and recorded; the
     worker is probed until its new process is ready, then rejoins with a fresh pull) or such a
     probe."""
@@ -571,7 +574,7 @@ class RayParameterServer(base.Strategy):
       if got is None:
         continue
       pull, result = got
-      flat, metrics, seconds, _ = result
+      flat, metrics, seconds = result
       if flat is None:  # shared rows: copied out before the worker can be called again
         flat = np.array(self._slots.grads[pull.worker])
       grads = self._flat.unravel(flat)
@@ -613,11 +616,7 @@ class RayParameterServer(base.Strategy):
 
   def _row(self, sums, count, stale, gap) -> dict:
     out = {k: v / max(count, 1) for k, v in sums.items()}
-    st = np.asarray(stale, np.int64)
-    out.update(staleness_mean=float(st.mean()) if st.size else 0.0,
-               staleness_max=int(st.max()) if st.size else 0,
-               staleness_hist=np.bincount(st).tolist() if st.size else [],
-               updates=self._step, **self.host.totals)
+    out.update(staleness_summary(stale), updates=self._step, **self.host.totals)
     if self.ps.consistency == "ssp":
       out["clock_gap_max"] = gap
     return out
