@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, load_experiment, max_diff
 from pdist import config as config_lib
 from pdist import metrics, train
+from pdist.parallel import buckets
 
 
 def _config(strategy="single", devices=0, backend="shard_map", opt="sgd", momentum=0.0,
@@ -95,6 +96,43 @@ def test_sync_errors_are_clear():
   c.sync.backend = "nccl"
   with pytest.raises(config_lib.ConfigError, match="config.sync.backend='nccl' is not one of"):
     train.run(c)
+  c = _config("sync")
+  c.sync.bucket_mb = -1.0
+  with pytest.raises(config_lib.ConfigError, match="config.sync.bucket_mb must be non-negative"):
+    train.run(c)
+
+
+def test_bucket_plan_packs_small_leaves_in_reverse_order():
+  f32, bf16 = jax.numpy.float32, jax.numpy.bfloat16
+  leaves = [jax.ShapeDtypeStruct(s, d) for s, d in
+            [((300,), f32), ((60,), f32), ((100,), bf16), ((4,), f32), ((200,), f32), ((1,), f32)]]
+  # cap 1000 bytes: the 1200-byte leaf 0 alone; f32 leaves 5, 4, 3, 1 packed from the end until
+  # the next would pass the cap (4 + 800 + 16 bytes, then 240 more: a new bucket); bf16 apart
+  assert buckets.plan(leaves, 1000) == [[5, 4, 3], [2], [1], [0]]
+  assert buckets.plan(leaves, 10**6) == [[5, 4, 3, 1, 0], [2]]
+  assert buckets.plan(leaves, 0) == [[i] for i in range(6)]
+
+
+def test_bucketed_all_reduce_is_the_per_leaf_mean_exactly():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+  spec = jax.sharding.PartitionSpec("data")
+  rng = np.random.default_rng(0)
+  tree = {"w": rng.normal(size=(4, 64, 33)).astype(np.float32),
+          "b": rng.normal(size=(4, 33)).astype(np.float32),
+          "h": rng.normal(size=(4, 7)).astype(jax.numpy.bfloat16),
+          "loss": rng.normal(size=(4,)).astype(np.float32)}
+
+  def reduce(fn):
+    body = lambda t: jax.tree.map(lambda v: v[None], fn(jax.tree.map(lambda v: v[0], t)))
+    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec))(tree)
+
+  want = reduce(lambda t: jax.lax.pmean(t, "data"))
+  for cap in (0, 200, 2**20):  # one per leaf, several buckets, one bucket per dtype
+    got = reduce(lambda t, cap=cap: buckets.pmean(t, "data", cap))
+    for k in tree:
+      np.testing.assert_array_equal(np.asarray(got[k], np.float32),
+                                    np.asarray(want[k], np.float32), err_msg=f"{k}, cap {cap}")
+  assert not np.allclose(np.asarray(want["w"][0]), tree["w"][0])  # it did average
 
 
 def _env():

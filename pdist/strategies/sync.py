@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pdist.parallel import buckets
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
@@ -48,12 +49,15 @@ def sync_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.devices = 0           # devices in the data-parallel mesh; 0 = all visible (all processes)
   c.backend = "shard_map"  # shard_map (jit of jax.shard_map) or pmap
+  # the all-reduce packs gradients and metrics into buckets of at most this many MB (a larger
+  # leaf alone; pdist/parallel/buckets.py); 0 = one collective per leaf
+  c.bucket_mb = 1.0
   return c
 
 
 def validate_sync(config) -> None:
   check_choice(config, "sync.backend", BACKENDS)
-  check_positive(config, "sync.devices", allow_zero=True)
+  check_positive(config, "sync.devices", "sync.bucket_mb", allow_zero=True)
 
 
 @STRATEGIES.register("sync", config=sync_config, validate=validate_sync)
@@ -63,6 +67,7 @@ class Sync(Single):
     self.mesh = mesh_lib.data_mesh(config.sync.devices)
     self.num_devices = self.mesh.devices.size
     self.backend = config.sync.backend
+    self.bucket_bytes = int(config.sync.bucket_mb * 2**20)
     if self.backend == "pmap" and jax.process_count() > 1:
       raise ConfigError("config.sync.backend='pmap' runs in one process; use 'shard_map' "
                         "with several processes")
@@ -99,7 +104,8 @@ class Sync(Single):
     return self._grad(params, batch, rng)
 
   def aggregate(self, grads, metrics):
-    return jax.lax.pmean(grads, AXIS), jax.lax.pmean(metrics, AXIS)
+    # one bucketed all-reduce for both: metrics ride in the last layers' bucket
+    return buckets.pmean((grads, metrics), AXIS, self.bucket_bytes)
 
   def local_view(self, local_state, key):
     key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))

@@ -1,0 +1,165 @@
+"""`sync` across processes: P processes x 1 CPU device on loopback (jax.distributed, gloo).
+
+Workload: MLP 784-512-512-10, teacher data, global batch 256 (256/P per process), SGD lr 0.05
+momentum 0.9. In the same process group, alternating: pdist `sync` through train.run with one
+all-reduce per leaf (`sync.bucket_mb=0`, before buckets) and with the default buckets, and the
+floor: a hand-written jitted `lax.scan` of the same shard_map step (batches already on the
+devices, buffers donated, `pmean` of the gradient pytree, dispatched back to back). With
+`--ddp-python PYTHON` (an environment with torch, see ddp_reference.py) PyTorch
+DistributedDataParallel runs on the same workload in the same sitting. Prints one JSON line.
+
+  python benchmarks/sync_processes.py [--steps 400] [--ddp-python /tmp/torchvenv/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import ROOT, mlp_config, steady_rate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def floor_rate(steps: int, chunk: int = 50, bucket_mb: float = 0.0) -> float:
+  import jax
+  import numpy as np
+  import optax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  from pdist import data, tasks
+  from pdist.parallel import buckets
+  c = mlp_config()
+  ds = data.load(c.data)
+  task = tasks.build(c, ds)
+  tx = optax.sgd(0.05, momentum=0.9)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
+  params = jax.device_get(task.init(jax.random.PRNGKey(0)))
+  state = [jax.device_put(params, rep), jax.device_put(jax.device_get(tx.init(params)), rep)]
+  b, n, p, i = 256, jax.process_count(), jax.process_index(), 16
+  local = b // n
+  x = ds.x_train[:i * b].reshape((i, b) + ds.x_train.shape[1:])[:, p * local:(p + 1) * local]
+  y = ds.y_train[:i * b].reshape(i, b)[:, p * local:(p + 1) * local]
+  x = np.concatenate([x] * (chunk // i + 1))[:chunk]
+  y = np.concatenate([y] * (chunk // i + 1))[:chunk]
+  xs = jax.make_array_from_process_local_data(split, x, (chunk, b) + x.shape[2:])
+  ys = jax.make_array_from_process_local_data(split, y, (chunk, b))
+
+  def scan(params, opt_state, xs, ys):
+    def body(carry, batch):
+      q, o = carry
+      loss = lambda w: task.loss(w, {"x": batch[0], "y": batch[1]}, None)[0]  # noqa: E731
+      g = buckets.pmean(jax.grad(loss)(jax.lax.pcast(q, "data", to="varying")), "data",
+                        int(bucket_mb * 2**20))
+      updates, o = tx.update(g, o, q)
+      return (optax.apply_updates(q, updates), o), None
+    return jax.lax.scan(body, (params, opt_state), (xs, ys))[0]
+
+  run = jax.jit(jax.shard_map(scan, mesh=mesh, in_specs=(P(), P(), P(None, "data"),
+                                                         P(None, "data")),
+                              out_specs=(P(), P())), donate_argnums=(0, 1))
+  state[:] = run(*state, xs, ys)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for k in range(max(1, steps // chunk)):
+    state[:] = run(*state, xs, ys)
+    if k % 4 == 3:  # bounded queue of collectives (docs/ARCHITECTURE.md, sharp edges)
+      jax.block_until_ready(state)
+  jax.block_until_ready(state)
+  return max(1, steps // chunk) * chunk / (time.perf_counter() - t0)
+
+
+def pdist_rate(steps: int, bucket_mb: float, tag: str) -> float:
+  """pdist `sync` through train.run (its own rows, steady state)."""
+  from pdist import train
+  c = mlp_config(steps=steps, strategy="sync")
+  c.sync.bucket_mb = bucket_mb
+  c.train.log_every = 50
+  c.train.progress = False
+  return steady_rate(train.run(c, os.path.join(tempfile.gettempdir(), tag)).rows)
+
+
+def sync_default_bucket_mb() -> float:
+  from pdist.strategies import sync
+  return sync.sync_config().bucket_mb
+
+
+def member(args) -> None:
+  """One process of the group: every variant, alternately, `--repeats` times."""
+  import jax
+  jax.config.update("jax_num_cpu_devices", 1)
+  jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.processes,
+                             process_id=args.process_id,
+                             coordinator_bind_address=args.coordinator)
+  best: dict[str, float] = {}
+  variants = []
+  for mb in args.bucket_mb:
+    variants.append((f"pdist_{mb:g}", functools.partial(pdist_rate, args.steps, mb)))
+    variants.append((f"floor_{mb:g}", functools.partial(floor_rate, args.steps, bucket_mb=mb)))
+  for r in range(args.repeats):
+    for name, fn in variants:
+      rate = fn(f"{args.tag}_{name}_{r}") if name.startswith("pdist") else fn()
+      best[name] = max(best.get(name, 0.0), rate)
+  if args.process_id == 0:
+    print(json.dumps(best), flush=True)
+
+
+def ddp_rate(python: str, processes: int, steps: int) -> float:
+  out = subprocess.run([python, os.path.join(HERE, "ddp_reference.py"), "--processes",
+                        str(processes), "--steps", str(steps), "--threads", "1"],
+                       check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["ddp_steps_per_sec"]
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--processes", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--ddp-python", default=None)
+  parser.add_argument("--bucket-mb", type=float, nargs="+", default=[0.0, 1.0],
+                      help="sync.bucket_mb values to compare (0 = one all-reduce per leaf)")
+  parser.add_argument("--coordinator", help=argparse.SUPPRESS)
+  parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--tag", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.coordinator:
+    return member(args)
+  from pdist.launch import free_port
+  coordinator = f"127.0.0.1:{free_port()}"
+  tag = f"pdist_bench_sync_processes_{os.getpid()}"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get(
+      "PYTHONPATH")])))
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--processes",
+                             str(args.processes), "--steps", str(args.steps), "--repeats",
+                             str(args.repeats), "--bucket-mb", *map(str, args.bucket_mb),
+                             "--coordinator", coordinator, "--process-id",
+                             str(i), "--tag", tag], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+           for i in range(args.processes)]
+  outs = [p.communicate()[0] for p in procs]
+  if any(p.returncode for p in procs):
+    sys.exit(f"sync_processes: a process failed (status {[p.returncode for p in procs]})")
+  rates = json.loads(outs[0].strip().splitlines()[-1])
+  row = {f"{k}_steps_per_sec": v for k, v in rates.items()}
+  default = sync_default_bucket_mb()
+  if f"pdist_{default:g}" in rates and "floor_0" in rates:
+    row["default_over_floor"] = rates[f"pdist_{default:g}"] / rates["floor_0"]
+  if args.ddp_python:
+    row["ddp_steps_per_sec"] = ddp_rate(args.ddp_python, args.processes, args.steps)
+    if f"pdist_{default:g}" in rates:
+      row["default_over_ddp"] = rates[f"pdist_{default:g}"] / row["ddp_steps_per_sec"]
+  from common import report
+  report("sync_processes", processes=args.processes, batch=256, steps=args.steps, **row)
+
+
+if __name__ == "__main__":
+  main()
