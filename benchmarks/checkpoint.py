@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 
-from common import mlp_config, report
+from common import mlp_config, report, steady_rate
 
 
 def big_state():
@@ -70,9 +70,7 @@ def training_ratio(steps: int, interval: int = 100) -> float:
     c = mlp_config(steps=steps, strategy="sync")
     c.checkpoint.every = every
     c.train.progress = False
-    rows = train.run(c, tempfile.mkdtemp(prefix="pdist_bench_ck_")).rows
-    first, last = rows[0], rows[-1]
-    rate = (last["step"] - first["step"]) / (last["wall_time"] - first["wall_time"])
+    rate = steady_rate(train.run(c, tempfile.mkdtemp(prefix="pdist_bench_ck_")).rows)
     rates[every] = max(rates.get(every, 0.0), rate)
   return rates[interval] / rates[0], rates[0], rates[interval]
 

@@ -22,11 +22,13 @@ from common import PEAK_RSS_MB, ROOT, mlp_config, report  # noqa: F401
 from common import scan_floor_rate, steady_rate
 
 
-def ps_config(workers: int, consistency: str, steps: int):
+def ps_config(workers: int, consistency: str, steps: int, num_train: int | None = None):
   c = mlp_config(batch_size=64, steps=steps, strategy="ps")
   c.ps.workers = workers
   c.ps.consistency = consistency
   c.data.partition = "shared" if consistency == "bsp" else "iid"
+  if num_train:
+    c.data.num_train = num_train
   c.train.log_every = 250
   c.train.progress = False
   return c
@@ -42,16 +44,31 @@ def ps_rate(workers: int, consistency: str, steps: int) -> float:
   return best
 
 
-def peak_memory_mb(workers: int, steps: int) -> float:
-  """Peak RSS of a fresh process running the K-worker async workload."""
-  code = ("import sys; sys.path.insert(0, sys.argv[1] + '/benchmarks');"
+def slot_mb() -> float:
+  """One in-flight gradient slot (a copy of the parameters), the memory each worker needs."""
+  import jax
+
+  from pdist import data, tasks
+  c = mlp_config(batch_size=64)
+  shapes = jax.eval_shape(tasks.build(c, data.load(c.data)).init, jax.random.PRNGKey(0))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / 2**20
+
+
+def peak_memory_mb(workers: int, steps: int) -> tuple[float, float | None]:
+  """(host peak RSS, device peak bytes in use where the device reports it) of a fresh process
+  running the K-worker async workload, in MB. The training set has 65,536 examples here (205 MB)
+  so that K=1024 workers' iid shares hold a batch each (the default 16,384 give them 16)."""
+  code = ("import sys, jax; sys.path.insert(0, sys.argv[1] + '/benchmarks');"
           "from ps import ps_config; from pdist import train;"
-          "train.run(ps_config(int(sys.argv[2]), 'async', int(sys.argv[3])));"
-          f"print({PEAK_RSS_MB})")
+          "train.run(ps_config(int(sys.argv[2]), 'async', int(sys.argv[3]), 65536));"
+          "stats = jax.devices()[0].memory_stats() or {};"
+          "peak = stats.get('peak_bytes_in_use');"
+          f"print({PEAK_RSS_MB}, 'None' if peak is None else peak / 2**20)")
   out = subprocess.run([sys.executable, "-c", code, ROOT, str(workers), str(steps)],
                        capture_output=True, text=True, check=True, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))))
-  return float(out.stdout.strip().splitlines()[-1])
+  host, device = out.stdout.strip().splitlines()[-1].split()
+  return float(host), None if device == "None" else float(device)
 
 
 def host_rates(workers: int, updates: int = 5000) -> tuple[float, float]:
@@ -86,10 +103,14 @@ def main():
   for k in (4, 64, 256):
     out[f"async{k}_ratio"] = out[f"async{k}_updates_per_sec"] / floor
   out["async256_vs_async4"] = out["async256_updates_per_sec"] / out["async4_updates_per_sec"]
-  try:
-    out["peak_rss_mb_async256"] = peak_memory_mb(256, 500)
-  except subprocess.CalledProcessError as e:  # report the rates even if the probe cannot run
-    out["peak_rss_mb_async256"] = f"failed: {e.stderr.strip().splitlines()[-1][:200]}"
+  for k in (4, 256, 1024):  # a fresh process each: host peak RSS (and device peak where known)
+    try:
+      out[f"peak_rss_mb_async{k}"], device = peak_memory_mb(k, 500)
+      if device is not None:
+        out[f"peak_device_mb_async{k}"] = device
+    except subprocess.CalledProcessError as e:  # report the rates even if the probe cannot run
+      out[f"peak_rss_mb_async{k}"] = f"failed: {e.stderr.strip().splitlines()[-1][:200]}"
+  out["slot_mb_per_worker"] = slot_mb()
   report("ps", batch_per_worker=64, steps=args.steps, **out)
 
 

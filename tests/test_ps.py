@@ -263,6 +263,7 @@ def test_simulator_state_round_trips_through_json():
     ({"ps__failures__at": ((1.0, 9),)}, "config.ps.failures.at entries must be"),
     ({"ps__consistency": "hogwild"}, "config.ps.consistency='hogwild' is not one of"),
     ({"ps__shards": 50}, "config.ps.shards=50 but the model has only 6 parameter arrays"),
+    ({"data__partition": "shared", "ps__workers": 1000}, "a global batch of 1000 workers x"),
 ])
 def test_ps_config_errors(fields, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

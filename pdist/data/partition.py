@@ -97,6 +97,11 @@ class WorkerSampler:
     self.parts = PARTITIONS.get(self.name)(dataset, workers, seed, data_config)
     smallest = self.num_train if self.parts is None else min(len(p) for p in self.parts)
     need = batch_size * (workers if self.parts is None else 1)
+    if need > smallest and self.parts is None:
+      raise ConfigError(
+          f"config.data.batch_size={batch_size} per worker does not fit: with "
+          f"config.data.partition='shared' a global batch of {workers} workers x {batch_size} = "
+          f"{need} examples is cut from the training set, which has {smallest}")
     if need > smallest:
       raise ConfigError(
           f"config.data.batch_size={batch_size} per worker does not fit: a worker's data has "
