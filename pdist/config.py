@@ -95,6 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
   c.train.log_every = 100
+  # updates one compiled call may cover (whole log rows; rows stay per log_every either way);
+  # 0 = decided by how long a call runs on an accelerator (several rows when one takes < 50 ms),
+  # one row a call on a CPU host
+  c.train.updates_per_call = 0
   c.train.eval_every = 500     # 0 = evaluate only at the end
   c.train.eval_train = False   # also evaluate on the whole training set (train_eval_* fields)
   c.train.seed = 0
@@ -267,7 +271,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_positive(config, "optim.base_batch_size", "optim.momentum", "optim.weight_decay",
                  "optim.warmup_from",
                  "optim.warmup_steps", "optim.grad_clip", "train.eval_every", "checkpoint.every",
-                 allow_zero=True)
+                 "train.updates_per_call", allow_zero=True)
   if config.data.batch_size % config.optim.accumulate_steps:
     raise ConfigError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
                       f"config.optim.accumulate_steps={config.optim.accumulate_steps}")

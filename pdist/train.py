@@ -256,7 +256,7 @@ def _resume(r: _Run) -> None:
 
 
 def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float, step: int,
-         with_state: bool) -> dict[str, Any]:
+         with_state: bool, wall_time: float | None = None) -> dict[str, Any]:
   """The metrics row after update `step` (evaluating when due, which needs `with_state`: the
   current state is that of `step`); raises Diverged if the loss is not finite."""
   config = r.config
@@ -270,7 +270,7 @@ def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float, step: int,
   if with_state and ((eval_every and step % eval_every == 0) or step == config.train.steps):
     row.update(r.strategy.evaluate(r.state))
   row["steps_per_sec"] = n / elapsed
-  row["wall_time"] = time.perf_counter() - r.started
+  row["wall_time"] = time.perf_counter() - r.started if wall_time is None else wall_time
   return row
 
 
@@ -283,13 +283,70 @@ def _needs_state(r: _Run, step: int, stop) -> bool:
           or (r.ckpt is not None and every and step % every == 0))
 
 
+# A compiled call that runs shorter than this pays a visible share of per-call host work (the
+# dispatch, the row, the bar): the loop then lets one call cover several log rows.
+CALL_SECONDS = 0.05
+# ... when the rest of the run is at least this long, so that the calls of more rows (each a new
+# program to compile) pay for themselves.
+GROUP_MIN_SECONDS = 2.0
+MAX_ROWS_PER_CALL = 64
+
+
+class _CallSize:
+  """How many log rows one compiled call may cover (a power of two): `train.updates_per_call`
+  updates' worth when set, else, on an accelerator, decided once from the second call's time
+  (the first compiles). Only for strategies whose `dispatch` takes row segments; one row a call
+  for the others. Not by default on CPU hosts: there a call's fixed cost is small next to its
+  updates and grouping measured no faster (benchmarks/README.md, the floors), while each call
+  size is one more program to compile."""
+
+  def __init__(self, config, segmented: bool):
+    self.log_every = config.train.log_every
+    self.fixed = config.train.updates_per_call
+    self.rows = 1
+    self.decided = not segmented or jax.default_backend() == "cpu"
+    self.calls = 0
+    if segmented and self.fixed:
+      self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, max(1, self.fixed // self.log_every)))
+      self.decided = True
+
+  def observe(self, updates: int, seconds: float, remaining: int) -> None:
+    if self.decided:
+      return
+    self.calls += 1
+    if self.calls < 2 or seconds <= 0:
+      return
+    self.decided = True
+    if seconds < CALL_SECONDS and remaining * seconds / updates >= GROUP_MIN_SECONDS:
+      self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, int(CALL_SECONDS / seconds)))
+
+  def plan(self, r: _Run, stop) -> list[int]:
+    """The row lengths of the next call: up to `rows` log rows, ending early at a stop that
+    needs the state (evaluation, checkpoint, the end, a signal); a call cut short covers the
+    largest power of two of its rows, so few distinct programs are compiled."""
+    segments, s = [], r.step
+    while True:
+      nxt = _next_stop(s, r.config)
+      segments.append(nxt - s)
+      s = nxt
+      if len(segments) >= self.rows or _needs_state(r, s, stop):
+        break
+    return segments[:_pow2_floor(len(segments))]
+
+
+def _pow2_floor(n: int) -> int:
+  return 1 << (max(1, n).bit_length() - 1)
+
+
 def _loop(r: _Run, stop) -> None:
   """Runs updates up to the next log / eval / checkpoint stop until train.steps, writing a row and
   saving checkpoints at each stop; SIGTERM / SIGINT save a checkpoint and raise Preempted.
 
   The device never waits for the host between plain log rows: the next chunk is queued before
   the previous chunk's metrics are read and written (one chunk in flight at most). Where the state
-  itself is needed (evaluation, checkpoint, the end, a signal) the loop waits for it first.
+  itself is needed (evaluation, checkpoint, the end, a signal) the loop waits for it first. A
+  call may cover several log rows (`_CallSize`): the rows are the same, each the mean over its
+  own updates, and the parameters are bit for bit those of one row a call.
   """
   config, steps, every = r.config, r.config.train.steps, r.config.checkpoint.every
   bar = metrics.progress(steps, initial=r.step,
@@ -297,20 +354,29 @@ def _loop(r: _Run, stop) -> None:
   r.started = time.perf_counter()
   last = [time.perf_counter()]
 
-  def finish(pending, n: int, step: int, with_state: bool) -> dict[str, Any]:
-    chunk = r.strategy.collect(pending)
+  size = _CallSize(config, r.strategy.segmented)
+
+  def finish(pending, segments: list[int], start: int, with_state: bool) -> None:
+    chunks = r.strategy.collect_rows(pending)
     _write_records(r)
     now = time.perf_counter()
-    row = _row(r, chunk, n, now - last[0], step, with_state)
+    total, elapsed = sum(segments), now - last[0]
+    step, t = start, last[0]
+    for i, (chunk, n) in enumerate(zip(chunks, segments)):
+      # rows inside one call share its time, in proportion to their updates
+      step, t = step + n, t + elapsed * n / total
+      row = _row(r, chunk, n, elapsed * n / total, step,
+                 with_state and i == len(segments) - 1, wall_time=t - r.started)
+      r.rows.append(row)
+      if r.writer:
+        r.writer.write(row)
+      r.last_row = row
+      bar.update(n)
     last[0] = now
-    r.rows.append(row)
-    if r.writer:
-      r.writer.write(row)
-    r.last_row = row
-    bar.update(n)
+    row = r.last_row
     bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
                     **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
-    return row
+    size.observe(total, elapsed, steps - r.step)
 
   def save(step, state, host) -> None:
     if r.ckpt.background:
@@ -323,16 +389,20 @@ def _loop(r: _Run, stop) -> None:
   in_flight = None  # (pending, n, step) of a queued chunk whose row is not written yet
   try:
     while r.step < steps:
-      n = _next_stop(r.step, config) - r.step
-      r.state, pending = r.strategy.dispatch(r.state, n, step=r.step)
+      segments = size.plan(r, stop)
+      n, start = sum(segments), r.step
+      if r.strategy.segmented:
+        r.state, pending = r.strategy.dispatch(r.state, n, step=start, segments=segments)
+      else:
+        r.state, pending = r.strategy.dispatch(r.state, n, step=start)
       r.step += n
-      if in_flight is not None:  # the previous chunk's row, while this one runs
+      if in_flight is not None:  # the previous chunk's rows, while this one runs
         finish(*in_flight, with_state=False)
         in_flight = None
       if not _needs_state(r, r.step, stop):
-        in_flight = (pending, n, r.step)
+        in_flight = (pending, segments, start)
         continue
-      finish(pending, n, r.step, with_state=True)
+      finish(pending, segments, start, with_state=True)
       if r.ckpt is not None and ((every and r.step % every == 0) or r.step == steps and every
                                  or stop.signum is not None):
         save(r.step, r.state, r.strategy.host_state())

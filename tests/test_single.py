@@ -41,6 +41,75 @@ def test_chunking_does_not_change_the_result():
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("extra", [
+    {},
+    {"strategy": "sync", "sync__devices": 2},
+    {"privacy__mechanism": "dpsgd", "privacy__noise_multiplier": 1.0, "privacy__clip_norm": 1.0,
+     "data__batch_size": 32},
+], ids=["single", "sync", "dp"])
+def test_calls_of_several_rows_give_the_same_rows_and_parameters(extra, tmp_path):
+  """train.updates_per_call lets one compiled call cover several log rows: every row (each the
+  mean of its own updates, epsilon at its own step) and the parameters stay bit for bit."""
+  runs = {}
+  grouped = (20, 1000) if not extra else (1000,)  # 4 rows a call; as many as fit before a stop
+  for per_call in (1, *grouped):
+    c = _config(train__steps=65, train__log_every=5, train__eval_every=30,
+                train__updates_per_call=per_call, checkpoint__every=40)
+    for k, v in extra.items():
+      if k == "strategy":
+        c.strategy = v
+      else:
+        group, field = k.split("__")
+        c[group][field] = v
+    runs[per_call] = train.run(c, str(tmp_path / str(per_call)))
+  want = metrics.without_timing(runs[1].rows)
+  assert [r["step"] for r in want] == list(range(5, 66, 5))
+  assert [r["step"] for r in want if "eval_accuracy" in r] == [30, 60, 65]
+  for per_call in grouped:
+    assert metrics.without_timing(runs[per_call].rows) == want
+    for a, b in zip(jax.tree.leaves(runs[1].params), jax.tree.leaves(runs[per_call].params)):
+      np.testing.assert_array_equal(a, b)
+    assert metrics.without_timing(metrics.read(str(tmp_path / str(per_call)))) == want
+  if "privacy__mechanism" in extra:
+    eps = [r["epsilon"] for r in want]
+    assert eps == sorted(eps) and eps[0] < eps[-1]  # each row's own step's budget
+
+
+def test_call_size_is_decided_by_time_on_accelerators(monkeypatch):
+  c = _config(train__log_every=10, train__steps=100000)
+  assert train._CallSize(c, segmented=True).decided  # a CPU host: one row a call
+  monkeypatch.setattr(train.jax, "default_backend", lambda: "gpu")
+  fast = train._CallSize(c, segmented=True)
+  fast.observe(10, 0.5, 99990)      # the first call compiles: not used
+  assert not fast.decided
+  fast.observe(10, 0.004, 99980)    # 4 ms a call: 0.05 s / 4 ms = 12 -> 8 rows
+  assert fast.decided and fast.rows == 8
+  fast.observe(80, 0.0001, 99900)   # decided once: no further programs
+  assert fast.rows == 8
+  short = train._CallSize(c, segmented=True)
+  short.observe(10, 0.5, 200)
+  short.observe(10, 0.004, 190)     # 0.08 s of work left: not worth another compilation
+  assert short.decided and short.rows == 1
+  slow = train._CallSize(c, segmented=True)
+  slow.observe(10, 0.5, 99990)
+  slow.observe(10, 0.2, 99980)      # a call already long enough
+  assert slow.rows == 1
+  assert train._CallSize(c, segmented=False).rows == 1  # e.g. ps: one row a call
+  c.train.updates_per_call = 55     # fixed: 5 rows' worth -> 4 (a power of two)
+  assert train._CallSize(c, segmented=True).rows == 4
+
+
+def test_a_call_of_several_rows_names_the_update_that_diverged():
+  c = _config(train__steps=40, train__log_every=5, train__eval_every=0,
+              train__updates_per_call=40, optim__learning_rate=1e30)
+  with pytest.raises(train.Diverged) as one_call:
+    train.run(c)
+  c.train.updates_per_call = 5
+  with pytest.raises(train.Diverged) as one_row:
+    train.run(c)
+  assert one_call.value.step == one_row.value.step < 40
+
+
 def test_two_runs_give_identical_metrics(tmp_path):
   for name in ("a", "b"):
     train.run(_config(optim__name="adam", optim__learning_rate=0.01), str(tmp_path / name))

@@ -83,6 +83,7 @@ else
   bench seeds 60 --steps 2000
   bench compression 80 --steps 2000
   bench dp 90 --steps 1000
+  bench charlm 60
 fi
 echo "== done in $(( $(date +%s) - START ))s"
 cat "$TIM"

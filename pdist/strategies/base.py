@@ -60,6 +60,14 @@ class Strategy(abc.ABC):
     """The host metrics of a dispatched chunk (waits for it)."""
     return pending
 
+  # Whether `dispatch` takes `segments`: one compiled call covering several log rows, each row
+  # the mean over its own updates (train.run then sizes calls by time, not by log_every).
+  segmented = False
+
+  def collect_rows(self, pending: Any) -> list[dict[str, float]]:
+    """The host metrics of each row of a dispatched call (one, unless it was segmented)."""
+    return [self.collect(pending)]
+
   def evaluate(self, state: State) -> dict[str, float]:
     """The task's held-out metrics at this state's parameters."""
     return self.task.evaluate(self.params(state))
@@ -166,6 +174,24 @@ def training_arrays(task: Task) -> dict | None:
 
 def mean_metrics(per_step: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {k: jnp.mean(v) for k, v in per_step.items()}
+
+
+def row_segments(num_updates: int, segments=None) -> tuple[int, ...]:
+  """The row lengths of a call of `num_updates` updates (one row by default), checked."""
+  segments = (num_updates,) if segments is None else tuple(int(n) for n in segments)
+  if sum(segments) != num_updates or min(segments) < 1:
+    raise ValueError(f"rows of {segments} updates do not make a call of {num_updates}")
+  return segments
+
+
+def segment_means(per_step: dict[str, jax.Array], segments) -> list[dict[str, jax.Array]]:
+  """The per-update metrics of one call as one mean per row: row i averages the `segments[i]`
+  updates after those of the rows before it (static lengths)."""
+  out, start = [], 0
+  for n in segments:
+    out.append({k: jnp.mean(v[start:start + n]) for k, v in per_step.items()})
+    start += n
+  return out
 
 
 def to_host(metrics: dict[str, jax.Array]) -> dict[str, float]:

@@ -50,7 +50,7 @@ class Single(base.Strategy):
       if self.privacy is not None:
         pipeline = pipeline.with_central(self.privacy.noise())
     self.pipeline = pipeline
-    self._chunk = jax.jit(self._run_chunk, static_argnums=(3,), donate_argnums=(0,))
+    self._chunk = jax.jit(self._run_chunk, static_argnums=(3, 4), donate_argnums=(0,))
 
   def place_data(self, host: dict):
     """The training arrays, on the device(s) this strategy computes on."""
@@ -110,12 +110,16 @@ class Single(base.Strategy):
                pipeline={"local": self.local_store(local), "central": central})
     return new, {**metrics, **central_stats}
 
-  def _run_chunk(self, state, data, indices, num_updates: int):
+  def _run_chunk(self, state, data, indices, num_updates: int, segments=None):
+    """`num_updates` updates as one `lax.scan`; their mean metrics, or with `segments` (a tuple
+    of row lengths summing to num_updates) a list of one mean per row."""
     def body(state, idx):
       return self.update(state, base.gather_batch(data, idx))
 
     state, per_step = jax.lax.scan(body, state, indices, length=num_updates)
-    return state, base.mean_metrics(per_step)
+    if segments is None:
+      return state, base.mean_metrics(per_step)
+    return state, base.segment_means(per_step, segments)
 
   def indices(self, step: int, num_updates: int):
     """The batches of updates [step, step + num_updates): [n, B] indices, or under Poisson
@@ -131,17 +135,32 @@ class Single(base.Strategy):
     state, pending = self.dispatch(state, num_updates)
     return state, self.collect(pending)
 
-  def dispatch(self, state, num_updates: int, step: int | None = None):
+  segmented = True
+
+  def dispatch(self, state, num_updates: int, step: int | None = None, segments=None):
     """Queues the chunk on the device and returns at once (JAX's asynchronous dispatch), so the
-    train loop can write the previous chunk's row while this one runs."""
+    train loop can write the previous chunk's row while this one runs. `segments`: the lengths
+    of the rows this call covers (default: one row)."""
     step = self.step(state) if step is None else step
+    segments = base.row_segments(num_updates, segments)
     idx = self.indices(step, num_updates)
-    state, metrics = self._chunk(state, self.data, idx, num_updates)
-    return state, (metrics, step + num_updates)
+    state, metrics = self._chunk(state, self.data, idx, num_updates, segments)
+    return state, (metrics, step, segments)
 
   def collect(self, pending):
-    metrics, step = pending
-    return self.host_metrics(metrics, step)
+    rows = self.collect_rows(pending)
+    if len(rows) != 1:
+      raise ValueError(f"collect() of a call with {len(rows)} rows; use collect_rows()")
+    return rows[0]
+
+  def collect_rows(self, pending):
+    metrics, step, segments = pending
+    host = jax.device_get(metrics)  # one transfer for every row
+    rows = []
+    for n, m in zip(segments, host):
+      step += n
+      rows.append(self.host_metrics(m, step))
+    return rows
 
   def host_metrics(self, metrics, step: int) -> dict[str, float]:
     """The chunk's metrics on the host, plus the privacy budget spent by `step`."""

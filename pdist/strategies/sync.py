@@ -83,7 +83,7 @@ class Sync(Single):
     self._local = NamedSharding(self.mesh, P(AXIS))
     super().__init__(config, task, device=self.mesh.devices.flat[0], pipeline=pipeline)
     if self.backend == "shard_map":
-      self._chunk = jax.jit(self._sharded_chunk, static_argnums=(3,), donate_argnums=(0,))
+      self._chunk = jax.jit(self._sharded_chunk, static_argnums=(3, 4), donate_argnums=(0,))
     else:
       self._pmapped = {}
 
@@ -123,8 +123,9 @@ class Sync(Single):
     return {"step": P(), "params": P(), "opt_state": P(), "step_key": P(),
             "pipeline": {"local": P(AXIS), "central": P()}}
 
-  def _sharded_chunk(self, state, data, indices, num_updates: int):
-    chunk = jax.shard_map(functools.partial(self._run_chunk, num_updates=num_updates),
+  def _sharded_chunk(self, state, data, indices, num_updates: int, segments=None):
+    chunk = jax.shard_map(functools.partial(self._run_chunk, num_updates=num_updates,
+                                            segments=segments),
                           mesh=self.mesh, in_specs=(self._specs(), P(), P(None, AXIS)),
                           out_specs=(self._specs(), P()), check_vma=True)
     return chunk(state, data, indices)
@@ -148,19 +149,20 @@ class Sync(Single):
   def batch_shards(self) -> int:
     return self.num_devices
 
-  def dispatch(self, state, num_updates: int, step: int | None = None):
+  def dispatch(self, state, num_updates: int, step: int | None = None, segments=None):
     # at most one chunk in flight beyond the one being collected: the train loop reads each
     # chunk's metrics right after queueing the next, which bounds how many collectives are
     # queued (back-to-back collectives on emulated CPU devices abort; see the sharp edges)
     step = self.step(state) if step is None else step
+    segments = base.row_segments(num_updates, segments)
     idx = self.indices(step, num_updates)
     if self.backend == "shard_map":
       if idx is not None:
         idx = jax.device_put(idx, self._indices_sharding)
-      state, metrics = self._chunk(state, self.data, idx, num_updates)
+      state, metrics = self._chunk(state, self.data, idx, num_updates, segments)
     else:
-      state, metrics = self._run_pmap(state, idx, num_updates)
-    return state, (metrics, step + num_updates)
+      state, metrics = self._run_pmap(state, idx, num_updates, segments)
+    return state, (metrics, step, segments)
 
   def _stack_on_devices(self, x):
     """One copy of host array x per device, as a [devices, ...] array (pmap's layout)."""
@@ -169,11 +171,11 @@ class Sync(Single):
         (len(devices),) + x.shape, NamedSharding(self.mesh, P(AXIS)),
         [jax.device_put(x[None], d) for d in devices])
 
-  def _run_pmap(self, state, idx, num_updates: int):
+  def _run_pmap(self, state, idx, num_updates: int, segments):
     n = self.num_devices
-    if num_updates not in self._pmapped:
-      self._pmapped[num_updates] = jax.pmap(
-          lambda s, d, i: self._run_chunk(s, d, i, num_updates), axis_name=AXIS,
+    if segments not in self._pmapped:
+      self._pmapped[segments] = jax.pmap(
+          lambda s, d, i: self._run_chunk(s, d, i, num_updates, segments), axis_name=AXIS,
           devices=list(self.mesh.devices.flat))
     stacking = NamedSharding(self.mesh, P(AXIS))
     local = state["pipeline"]["local"]  # already one slice per device
@@ -184,7 +186,7 @@ class Sync(Single):
     if idx is not None:  # [steps, B] -> [devices, steps, B/devices]: device d gets slice d
       idx = jax.tree.map(lambda a: jax.device_put(
           a.reshape(a.shape[0], n, -1).transpose(1, 0, 2), stacking), idx)
-    out, metrics = self._pmapped[num_updates](stacked, self.data, idx)
+    out, metrics = self._pmapped[segments](stacked, self.data, idx)
     local = out["pipeline"]["local"]
     state = jax.tree.map(lambda x: x[0], dict(out, pipeline=dict(out["pipeline"], local=())))
     state = jax.device_put(state, self._replicated)
