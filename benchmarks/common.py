@@ -106,3 +106,62 @@ def scan_floor_rate(config, steps: int, chunk: int = 100, repeats: int = 3) -> f
     state[:] = [p, o]
 
   return max(1, steps // chunk) * chunk / timed(go, repeats)
+
+
+def sync_scan_floor_rate(devices: int, steps: int, chunk: int = 50, bucket_mb: float = 0.0,
+                         repeats: int = 1) -> float:
+  """The floor of `sync` (teacher MLP workload, global batch 256, SGD momentum): a jitted
+  `lax.scan` of `chunk` shard_map steps over the first `devices` devices (0 = all, every process
+  of a jax.distributed group), batches already sharded on the devices, buffers donated, the
+  gradient `pmean`-ed per leaf (bucket_mb=0) or in buckets; calls dispatched back to back,
+  blocked on every 4 (collectives queued without bound abort on emulated CPU devices: the sharp
+  edges in docs/ARCHITECTURE.md). Steps per second, best of `repeats`."""
+  import jax
+  import numpy as np
+  import optax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  from pdist import data, optim, tasks
+  from pdist.parallel import buckets
+  c = mlp_config()
+  ds = data.load(c.data)
+  task = tasks.build(c, ds)
+  tx = optim.build(c)
+  mesh = Mesh(np.array(jax.devices()[:devices or None]), ("data",))
+  rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
+  params = jax.device_get(task.init(jax.random.PRNGKey(0)))
+  state = [jax.device_put(params, rep), jax.device_put(jax.device_get(tx.init(params)), rep)]
+  b, n, p, i = c.data.batch_size, jax.process_count(), jax.process_index(), 16
+  local = b // n  # this process's share of each global batch
+  x = ds.x_train[:i * b].reshape((i, b) + ds.x_train.shape[1:])[:, p * local:(p + 1) * local]
+  y = ds.y_train[:i * b].reshape(i, b)[:, p * local:(p + 1) * local]
+  x = np.concatenate([x] * (chunk // i + 1))[:chunk]
+  y = np.concatenate([y] * (chunk // i + 1))[:chunk]
+  xs = jax.make_array_from_process_local_data(split, x, (chunk, b) + x.shape[2:])
+  ys = jax.make_array_from_process_local_data(split, y, (chunk, b))
+
+  def scan(params, opt_state, xs, ys):
+    def body(carry, batch):
+      q, o = carry
+      loss = lambda w: task.loss(w, {"x": batch[0], "y": batch[1]}, None)[0]  # noqa: E731
+      g = buckets.pmean(jax.grad(loss)(jax.lax.pcast(q, "data", to="varying")), "data",
+                        int(bucket_mb * 2**20))
+      updates, o = tx.update(g, o, q)
+      return (optax.apply_updates(q, updates), o), None
+    return jax.lax.scan(body, (params, opt_state), (xs, ys))[0]
+
+  run = jax.jit(jax.shard_map(scan, mesh=mesh, in_specs=(P(), P(), P(None, "data"),
+                                                         P(None, "data")),
+                              out_specs=(P(), P())), donate_argnums=(0, 1))
+  state[:] = run(*state, xs, ys)
+  jax.block_until_ready(state)
+  calls = max(1, steps // chunk)
+
+  def go():
+    for k in range(calls):
+      state[:] = run(*state, xs, ys)
+      if k % 4 == 3:
+        jax.block_until_ready(state)
+    jax.block_until_ready(state)
+
+  return calls * chunk / timed(go, repeats)

@@ -20,60 +20,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
-from common import ROOT, mlp_config, steady_rate
+from common import ROOT, mlp_config, steady_rate, sync_scan_floor_rate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def floor_rate(steps: int, chunk: int = 50, bucket_mb: float = 0.0) -> float:
-  import jax
-  import numpy as np
-  import optax
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-  from pdist import data, tasks
-  from pdist.parallel import buckets
-  c = mlp_config()
-  ds = data.load(c.data)
-  task = tasks.build(c, ds)
-  tx = optax.sgd(0.05, momentum=0.9)
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data"))
-  params = jax.device_get(task.init(jax.random.PRNGKey(0)))
-  state = [jax.device_put(params, rep), jax.device_put(jax.device_get(tx.init(params)), rep)]
-  b, n, p, i = 256, jax.process_count(), jax.process_index(), 16
-  local = b // n
-  x = ds.x_train[:i * b].reshape((i, b) + ds.x_train.shape[1:])[:, p * local:(p + 1) * local]
-  y = ds.y_train[:i * b].reshape(i, b)[:, p * local:(p + 1) * local]
-  x = np.concatenate([x] * (chunk // i + 1))[:chunk]
-  y = np.concatenate([y] * (chunk // i + 1))[:chunk]
-  xs = jax.make_array_from_process_local_data(split, x, (chunk, b) + x.shape[2:])
-  ys = jax.make_array_from_process_local_data(split, y, (chunk, b))
-
-  def scan(params, opt_state, xs, ys):
-    def body(carry, batch):
-      q, o = carry
-      loss = lambda w: task.loss(w, {"x": batch[0], "y": batch[1]}, None)[0]  # noqa: E731
-      g = buckets.pmean(jax.grad(loss)(jax.lax.pcast(q, "data", to="varying")), "data",
-                        int(bucket_mb * 2**20))
-      updates, o = tx.update(g, o, q)
-      return (optax.apply_updates(q, updates), o), None
-    return jax.lax.scan(body, (params, opt_state), (xs, ys))[0]
-
-  run = jax.jit(jax.shard_map(scan, mesh=mesh, in_specs=(P(), P(), P(None, "data"),
-                                                         P(None, "data")),
-                              out_specs=(P(), P())), donate_argnums=(0, 1))
-  state[:] = run(*state, xs, ys)
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for k in range(max(1, steps // chunk)):
-    state[:] = run(*state, xs, ys)
-    if k % 4 == 3:  # bounded queue of collectives (docs/ARCHITECTURE.md, sharp edges)
-      jax.block_until_ready(state)
-  jax.block_until_ready(state)
-  return max(1, steps // chunk) * chunk / (time.perf_counter() - t0)
 
 
 def pdist_rate(steps: int, bucket_mb: float, tag: str) -> float:
@@ -102,7 +52,7 @@ def member(args) -> None:
   variants = []
   for mb in args.bucket_mb:
     variants.append((f"pdist_{mb:g}", functools.partial(pdist_rate, args.steps, mb)))
-    variants.append((f"floor_{mb:g}", functools.partial(floor_rate, args.steps, bucket_mb=mb)))
+    variants.append((f"floor_{mb:g}", functools.partial(sync_scan_floor_rate, 0, args.steps, bucket_mb=mb)))
   for r in range(args.repeats):
     for name, fn in variants:
       rate = fn(f"{args.tag}_{name}_{r}") if name.startswith("pdist") else fn()
