@@ -86,6 +86,29 @@ def host_rates(workers: int, updates: int = 5000) -> tuple[float, float]:
   return updates / (t1 - t0), updates / (time.perf_counter() - t1)
 
 
+def replay_rate(workers: int, branch_free: bool, updates: int = 1000) -> float:
+  """Updates per second of the strategy's own replay (`run` in intervals of 250, after the
+  initial pulls and a warm-up interval), with the cond replay (the CPU default) or the
+  branch-free one (the accelerator default), chosen explicitly so both are measured anywhere."""
+  import time
+
+  import jax
+
+  from pdist import data, strategies, tasks
+  c = ps_config(workers, "async", updates)
+  s = strategies.ps.ParameterServerStrategy(c, tasks.build(c, data.load(c.data)),
+                                            branch_free=branch_free)
+  state = s.init(jax.random.PRNGKey(0))
+  state, _ = s.run(state, max(250, 2 * workers))
+  state, _ = s.run(state, 250)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(max(1, updates // 250)):
+    state, _ = s.run(state, 250)
+  jax.block_until_ready(state)
+  return max(1, updates // 250) * 250 / (time.perf_counter() - t0)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=1000)
@@ -99,6 +122,10 @@ def main():
                                        repeats=1))
     out[f"async{k}_updates_per_sec"] = ps_rate(k, "async", args.steps)
   out["bsp4_updates_per_sec"] = ps_rate(4, "bsp", args.steps)
+  for k in (4, 256):  # the two replays of the same schedule, alternately
+    for branch_free in (False, True):
+      name = f"replay{k}_{'branch_free' if branch_free else 'cond'}_updates_per_sec"
+      out[name] = replay_rate(k, branch_free, args.steps)
   out["floor_steps_per_sec"] = floor
   for k in (4, 64, 256):
     out[f"async{k}_ratio"] = out[f"async{k}_updates_per_sec"] / floor
