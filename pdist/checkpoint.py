@@ -39,7 +39,7 @@ KEY_ENV = "PDIST_CHECKPOINT_KEY"
 FORMAT = "pdist-checkpoint-2"  # 2: states hold the gradient pipeline's state
 # config fields that may change between a run and its resumption
 HARMLESS_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train.progress",
-                   "train.tensorboard", "train.eval_train",
+                   "train.tensorboard", "train.eval_train", "train.updates_per_call",
                    "train.save_params", "checkpoint.every", "checkpoint.keep",
                    "checkpoint.async_save", "checkpoint.restart", "checkpoint.key_file")
 

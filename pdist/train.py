@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 import jax
@@ -284,7 +285,8 @@ def _needs_state(r: _Run, step: int, stop) -> bool:
 
 
 # A compiled call that runs shorter than this pays a visible share of per-call host work (the
-# dispatch, the row, the bar): the loop then lets one call cover several log rows.
+# dispatch, the row, the bar): the loop then lets one call cover several log rows (a power of
+# two of them, so a call then runs about half to once this long).
 CALL_SECONDS = 0.05
 # ... when the rest of the run is at least this long, so that the calls of more rows (each a new
 # program to compile) pay for themselves.
@@ -304,7 +306,10 @@ class _CallSize:
     self.log_every = config.train.log_every
     self.fixed = config.train.updates_per_call
     self.rows = 1
-    self.decided = not segmented or jax.default_backend() == "cpu"
+    # with several processes every one must compile the same calls: a size measured by each
+    # process could differ between them (and their collectives then no longer match)
+    self.decided = (not segmented or jax.default_backend() == "cpu"
+                    or jax.process_count() > 1)
     self.calls = 0
     if segmented and self.fixed:
       self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, max(1, self.fixed // self.log_every)))
@@ -320,18 +325,23 @@ class _CallSize:
     if seconds < CALL_SECONDS and remaining * seconds / updates >= GROUP_MIN_SECONDS:
       self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, int(CALL_SECONDS / seconds)))
 
-  def plan(self, r: _Run, stop) -> list[int]:
+  def plan(self, r: _Run) -> list[int]:
     """The row lengths of the next call: up to `rows` log rows, ending early at a stop that
-    needs the state (evaluation, checkpoint, the end, a signal); a call cut short covers the
-    largest power of two of its rows, so few distinct programs are compiled."""
+    needs the state (evaluation, checkpoint, the end); a call cut short covers the largest
+    power of two of its rows, so few distinct programs are compiled. A signal is not looked at
+    here (the loop saves at the end of the call in flight): the calls are the same in every
+    process of a group whenever a signal reaches each."""
     segments, s = [], r.step
     while True:
       nxt = _next_stop(s, r.config)
       segments.append(nxt - s)
       s = nxt
-      if len(segments) >= self.rows or _needs_state(r, s, stop):
+      if len(segments) >= self.rows or _needs_state(r, s, _NO_SIGNAL):
         break
     return segments[:_pow2_floor(len(segments))]
+
+
+_NO_SIGNAL = types.SimpleNamespace(signum=None)
 
 
 def _pow2_floor(n: int) -> int:
@@ -365,8 +375,9 @@ def _loop(r: _Run, stop) -> None:
     for i, (chunk, n) in enumerate(zip(chunks, segments)):
       # rows inside one call share its time, in proportion to their updates
       step, t = step + n, t + elapsed * n / total
-      row = _row(r, chunk, n, elapsed * n / total, step,
-                 with_state and i == len(segments) - 1, wall_time=t - r.started)
+      last_row = i == len(segments) - 1  # its wall_time is read after its evaluation
+      row = _row(r, chunk, n, elapsed * n / total, step, with_state and last_row,
+                 wall_time=None if last_row else t - r.started)
       r.rows.append(row)
       if r.writer:
         r.writer.write(row)
@@ -389,7 +400,7 @@ def _loop(r: _Run, stop) -> None:
   in_flight = None  # (pending, n, step) of a queued chunk whose row is not written yet
   try:
     while r.step < steps:
-      segments = size.plan(r, stop)
+      segments = size.plan(r)
       n, start = sum(segments), r.step
       if r.strategy.segmented:
         r.state, pending = r.strategy.dispatch(r.state, n, step=start, segments=segments)

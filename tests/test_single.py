@@ -97,6 +97,24 @@ def test_call_size_is_decided_by_time_on_accelerators(monkeypatch):
   assert train._CallSize(c, segmented=False).rows == 1  # e.g. ps: one row a call
   c.train.updates_per_call = 55     # fixed: 5 rows' worth -> 4 (a power of two)
   assert train._CallSize(c, segmented=True).rows == 4
+  c.train.updates_per_call = 0      # several processes: never sized by each one's own clock
+  monkeypatch.setattr(train.jax, "process_count", lambda: 2)
+  assert train._CallSize(c, segmented=True).decided
+
+
+def test_a_resumed_run_may_change_updates_per_call(tmp_path):
+  straight = train.run(_config(train__steps=40, train__log_every=5, train__eval_every=0))
+  c = _config(train__steps=20, train__log_every=5, train__eval_every=0)
+  train.run(c, str(tmp_path))
+  c.train.steps, c.train.updates_per_call = 40, 1000
+  resumed = train.run(c, str(tmp_path))
+  assert resumed.summary["resumed_from"] == 20
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+  def training(rows):  # the shorter first run also evaluated at its end (update 20)
+    return [{k: v for k, v in r.items() if not k.startswith("eval_")}
+            for r in metrics.without_timing(rows)]
+  assert training(metrics.read(str(tmp_path))) == training(straight.rows)
 
 
 def test_a_call_of_several_rows_names_the_update_that_diverged():

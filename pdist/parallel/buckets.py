@@ -3,12 +3,16 @@
 Across processes every all-reduce is a round of messages (gloo over TCP on CPU hosts) with a fixed
 cost of ~1-2 ms on loopback whatever its size, so a gradient of many leaves pays it once per leaf:
 the 784-512-512-10 MLP's six leaves plus its metrics made seven per update, and 2 processes on
-this 2-core machine ran at 55 steps/s against 85 with two buckets (benchmarks/README.md, sync.py).
+this 2-core machine ran at 53 steps/s against 77 with the default buckets (benchmarks/README.md,
+sync_processes.py).
 As in PyTorch's DistributedDataParallel, leaves are packed into buckets of at most `cap_bytes`,
 in reverse order (the last layers' gradients, which the backward pass produces first, in the first
 bucket), one dtype per bucket; a leaf at least `cap_bytes` large is a bucket of its own (on XLA's
-CPU backend one buffer of the whole 2.7 MB gradient ran at half the two-bucket rate). The values
-are exactly those of a per-leaf `pmean`: the mean is elementwise, whatever the packing.
+CPU backend one buffer of the whole 2.7 MB gradient ran at half the two-bucket rate). The
+all-reduce's values are exactly those of a per-leaf `pmean` (the mean is elementwise, whatever
+the packing; tested), but XLA compiles the step around it differently, so a whole run can differ
+from a per-leaf one at float rounding (~1e-7 in the loss after a few updates);
+`sync.bucket_mb=0` reproduces runs made before buckets bit for bit.
 """
 
 from __future__ import annotations

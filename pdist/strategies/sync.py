@@ -86,6 +86,9 @@ class Sync(Single):
       self._chunk = jax.jit(self._sharded_chunk, static_argnums=(3, 4), donate_argnums=(0,))
     else:
       self._pmapped = {}
+      # pmap compiles a scan of different lengths differently (parameters then differ at float
+      # rounding with the call length), so its calls stay one log row each
+      self.segmented = False
 
   def place_data(self, host: dict):
     """A copy of the training set on every device (stacked for pmap, replicated otherwise)."""
