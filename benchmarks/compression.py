@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import mlp_config, report
+from common import mlp_config, report, scan_floor_rate, steady_rate
 
 COMPRESSORS = (("int8", {}), ("qsgd", {"levels": 16}), ("topk", {"ratio": 0.01}),
                ("randomk", {"ratio": 0.01}), ("sign", {}), ("powersgd", {"rank": 4}))
@@ -44,7 +44,9 @@ def main() -> None:
     out[f"{name}_steps_per_sec"] = rate(name, fields, args.steps)
   plain = max(plain, rate("none", {}, args.steps))
   ratios = {f"{name}_cost": plain / out[f"{name}_steps_per_sec"] - 1 for name, _ in COMPRESSORS}
-  report("compression", batch=256, steps=args.steps, plain_steps_per_sec=plain, **out, **ratios)
+  scan = scan_floor_rate(mlp_config(batch_size=256, steps=args.steps), args.steps)
+  report("compression", batch=256, steps=args.steps, plain_steps_per_sec=plain,
+         scan_floor_steps_per_sec=scan, plain_ratio_to_scan=plain / scan, **out, **ratios)
 
 
 if __name__ == "__main__":
