@@ -16,7 +16,6 @@ below min(n, m), are sent uncompressed (then c = g exactly). Payload: P and Q, (
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
