@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import types
 from typing import Any
 
 import jax
@@ -275,13 +274,19 @@ def _row(r: _Run, chunk: dict[str, float], n: int, elapsed: float, step: int,
   return row
 
 
-def _needs_state(r: _Run, step: int, stop) -> bool:
-  """Whether the state right after `step` is needed before the next chunk is queued: to
-  evaluate, to checkpoint, at the end, or on a signal."""
+def _state_stop(r: _Run, step: int) -> bool:
+  """Whether the config needs the state right after `step`: to evaluate, to checkpoint, or at
+  the end (the stops known before the run)."""
   config, every = r.config, r.config.checkpoint.every
-  return (step == config.train.steps or stop.signum is not None
-          or (config.train.eval_every and step % config.train.eval_every == 0)
-          or (r.ckpt is not None and every and step % every == 0))
+  return bool(step == config.train.steps
+              or (config.train.eval_every and step % config.train.eval_every == 0)
+              or (r.ckpt is not None and every and step % every == 0))
+
+
+def _needs_state(r: _Run, step: int, stop) -> bool:
+  """Whether the state right after `step` is needed before the next chunk is queued: at a
+  state stop of the config, or on a signal."""
+  return _state_stop(r, step) or stop.signum is not None
 
 
 # A compiled call that runs shorter than this pays a visible share of per-call host work (the
@@ -303,16 +308,15 @@ class _CallSize:
   size is one more program to compile."""
 
   def __init__(self, config, segmented: bool):
-    self.log_every = config.train.log_every
-    self.fixed = config.train.updates_per_call
+    fixed = config.train.updates_per_call
     self.rows = 1
     # with several processes every one must compile the same calls: a size measured by each
     # process could differ between them (and their collectives then no longer match)
     self.decided = (not segmented or jax.default_backend() == "cpu"
                     or jax.process_count() > 1)
     self.calls = 0
-    if segmented and self.fixed:
-      self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, max(1, self.fixed // self.log_every)))
+    if segmented and fixed:
+      self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, max(1, fixed // config.train.log_every)))
       self.decided = True
 
   def observe(self, updates: int, seconds: float, remaining: int) -> None:
@@ -336,12 +340,9 @@ class _CallSize:
       nxt = _next_stop(s, r.config)
       segments.append(nxt - s)
       s = nxt
-      if len(segments) >= self.rows or _needs_state(r, s, _NO_SIGNAL):
+      if len(segments) >= self.rows or _state_stop(r, s):
         break
     return segments[:_pow2_floor(len(segments))]
-
-
-_NO_SIGNAL = types.SimpleNamespace(signum=None)
 
 
 def _pow2_floor(n: int) -> int:
@@ -397,7 +398,7 @@ def _loop(r: _Run, stop) -> None:
     r.ckpt.save(step, state, host, config.to_dict(),
                 on_started=lambda s: r.log(f"pdist: checkpoint at update {s}"))
 
-  in_flight = None  # (pending, n, step) of a queued chunk whose row is not written yet
+  in_flight = None  # (pending, segments, start) of a queued call whose rows are not written yet
   try:
     while r.step < steps:
       segments = size.plan(r)

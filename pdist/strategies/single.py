@@ -142,9 +142,12 @@ class Single(base.Strategy):
     of the rows this call covers (default: one row)."""
     step = self.step(state) if step is None else step
     segments = base.row_segments(num_updates, segments)
-    idx = self.indices(step, num_updates)
-    state, metrics = self._chunk(state, self.data, idx, num_updates, segments)
+    state, metrics = self._call(state, self.indices(step, num_updates), num_updates, segments)
     return state, (metrics, step, segments)
+
+  def _call(self, state, idx, num_updates: int, segments):
+    """Queues the compiled chunk on the batch indices `idx`."""
+    return self._chunk(state, self.data, idx, num_updates, segments)
 
   def collect(self, pending):
     rows = self.collect_rows(pending)

@@ -38,7 +38,6 @@ from pdist.parallel import buckets
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
-from pdist.strategies import base
 from pdist.strategies.single import Single
 
 BACKENDS = ("shard_map", "pmap")
@@ -152,20 +151,15 @@ class Sync(Single):
   def batch_shards(self) -> int:
     return self.num_devices
 
-  def dispatch(self, state, num_updates: int, step: int | None = None, segments=None):
+  def _call(self, state, idx, num_updates: int, segments):
     # at most one chunk in flight beyond the one being collected: the train loop reads each
     # chunk's metrics right after queueing the next, which bounds how many collectives are
     # queued (back-to-back collectives on emulated CPU devices abort; see the sharp edges)
-    step = self.step(state) if step is None else step
-    segments = base.row_segments(num_updates, segments)
-    idx = self.indices(step, num_updates)
-    if self.backend == "shard_map":
-      if idx is not None:
-        idx = jax.device_put(idx, self._indices_sharding)
-      state, metrics = self._chunk(state, self.data, idx, num_updates, segments)
-    else:
-      state, metrics = self._run_pmap(state, idx, num_updates, segments)
-    return state, (metrics, step, segments)
+    if self.backend == "pmap":
+      return self._run_pmap(state, idx, num_updates, segments)
+    if idx is not None:
+      idx = jax.device_put(idx, self._indices_sharding)
+    return self._chunk(state, self.data, idx, num_updates, segments)
 
   def _stack_on_devices(self, x):
     """One copy of host array x per device, as a [devices, ...] array (pmap's layout)."""
