@@ -25,6 +25,8 @@ MNIST = os.path.join(EXPERIMENTS, "mnist1d.py") + ":tiny"
     (["--config.data.batch_size=100000"],
      "config.data.batch_size=100000 is larger than the 400 training examples of 'mnist1d'"),
     (["--config.train.steps=0"], "config.train.steps must be positive, got 0"),
+    (["--config.train.updates_per_call=-5"],
+     "config.train.updates_per_call must be non-negative, got -5"),
     (["--config.optim.momentum=1.5"], "config.optim.momentum must be below 1"),
     (["--config.optim.schedule=warmup"], "needs config.optim.warmup_steps > 0"),
     (["--config.model.name=cnn2d"], "config.model.name='cnn2d' needs image inputs"),
