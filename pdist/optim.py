@@ -7,6 +7,10 @@ warmup_cosine. Optional global-norm gradient clipping; the linear scaling rule f
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from pdist.registry import OPTIMIZERS, SCHEDULES, ConfigError
@@ -120,6 +124,43 @@ OPTIMIZERS.register("adamw", validate=_only("weight_decay"))(
     lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))
 # yogi (Zaheer et al. 2018): FedYogi's server optimizer (Reddi et al. 2021) with their eps 1e-3
 OPTIMIZERS.register("yogi", validate=_only())(lambda o, lr: optax.yogi(lr, eps=1e-3))
+
+
+class FedOptState(NamedTuple):
+  m: Any
+  v: Any
+
+
+def fedopt(kind: str, learning_rate, b1: float = 0.9, b2: float = 0.99,
+           tau: float = 1e-3) -> optax.GradientTransformation:
+  """FedAdam / FedYogi as Reddi et al. 2021 (Adaptive Federated Optimization, Algorithm 2) write
+  them, on the pseudo-gradient g = -(average client change):
+      m_t = b1 m_{t-1} + (1 - b1) g
+      v_t = b2 v_{t-1} + (1 - b2) g^2                      (adam)
+      v_t = v_{t-1} - (1 - b2) g^2 sign(v_{t-1} - g^2)     (yogi)
+      x_{t+1} = x_t - lr m_t / (sqrt(v_t) + tau)
+  with m_{-1} = 0, v_{-1} = tau^2 and no bias correction; tau is the adaptivity (1e-3 in the
+  paper's experiments). optax.adam / optax.yogi differ: eps 1e-8 (adam), bias correction, another
+  start for v."""
+  if kind not in ("adam", "yogi"):
+    raise ValueError(f"fedopt is adam or yogi, not {kind!r}")
+
+  def init(params):
+    return FedOptState(m=jax.tree.map(jnp.zeros_like, params),
+                       v=jax.tree.map(lambda p: jnp.full_like(p, tau ** 2), params))
+
+  def update(g, state, params=None):
+    del params
+    m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.m, g)
+    if kind == "adam":
+      v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.v, g)
+    else:
+      v = jax.tree.map(lambda v, g: v - (1 - b2) * g * g * jnp.sign(v - g * g), state.v, g)
+    step = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + tau), m, v)
+    return step, FedOptState(m, v)
+
+  return optax.chain(optax.GradientTransformation(init, update),
+                     optax.scale_by_learning_rate(learning_rate))
 
 
 def build(config) -> optax.GradientTransformation:

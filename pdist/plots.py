@@ -22,6 +22,8 @@ PANELS = (("loss", "train loss", True), ("eval_loss", "eval loss", True),
           ("accuracy", "train accuracy", False), ("eval_accuracy", "eval accuracy", False),
           ("staleness_mean", "staleness (mean per row)", False),
           ("epsilon", "privacy spent: epsilon", False),
+          ("epsilon_if_poisson", "epsilon if Poisson sampled (shuffled batches: no guarantee)",
+           False),
           ("bytes_up", "bytes sent per update", True))
 X_LABELS = {"step": "updates", "sim_time": "simulated time", "epoch": "epochs",
             "bytes_pushed": "bytes pushed (all workers)", "wall_time": "wall-clock seconds"}

@@ -381,12 +381,12 @@ def _loop(r: _Run, stop) -> None:
                  wall_time=None if last_row else t - r.started)
       r.rows.append(row)
       if r.writer:
-        r.writer.write(row)
+        r.writer.write(r.strategy.released(row))
       r.last_row = row
       bar.update(n)
     last[0] = now
-    row = r.last_row
-    bar.set_postfix(refresh=False, loss=f"{row['loss']:.4g}",
+    row = r.strategy.released(r.last_row)
+    bar.set_postfix(refresh=False, **({"loss": f"{row['loss']:.4g}"} if "loss" in row else {}),
                     **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
     size.observe(total, elapsed, steps - r.step)
 
@@ -444,7 +444,8 @@ def _close_checkpoints(r: _Run) -> None:
 def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
   wall = time.perf_counter() - r.started
   done = r.step - r.start_step
-  summary = {k: v for k, v in r.last_row.items() if k not in metrics.TIMING_FIELDS}
+  summary = {k: v for k, v in r.strategy.released(r.last_row).items()
+             if k not in metrics.TIMING_FIELDS}
   summary.update(wall_seconds=wall, updates_per_sec=done / wall if wall > 0 and done else 0.0,
                  strategy=r.config.strategy, steps=r.config.train.steps,
                  resumed_from=r.start_step, status=status, **extra,
@@ -506,8 +507,13 @@ def run(config, workdir: str | None = None, pipeline=None,
         _loop(r, stop)
         if r.ckpt is not None:
           r.ckpt.wait()   # a background save's failure surfaces here, as an OutputError
+        if r.finished is None:
+          r.strategy.check_finished(r.state)
       except Diverged as e:
         e.summary = _summary(r, "diverged", diverged_at=e.step)
+        raise
+      except TrainingError as e:   # e.g. every federated round failed: summary.json says so
+        e.summary = _summary(r, "stopped", stopped_because=str(e))
         raise
       except OSError as e:  # metrics or checkpoints could not be written
         raise workdir_lib.OutputError(getattr(e, "filename", None) or str(workdir), e) from None

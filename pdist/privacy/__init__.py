@@ -4,17 +4,32 @@
     --config.privacy.noise_multiplier=1.1      # or --config.privacy.target_epsilon=3.0
 
 What it guarantees: the parameters released at every step (and so everything computed from them)
-are (epsilon, delta)-differentially private with respect to adding or removing any one *training
-example*: `epsilon` in each metrics row is the budget spent so far, at config.privacy.delta
-(plus `truncation_delta` under the rdp accountant, see accounting.py). It assumes Poisson
-sampling (each example in each step's batch independently with probability
-q = batch_size / num_train); with `sampling=shuffle` (fixed shuffled batches) the same epsilon is
-reported as if Poisson sampled, and summary.json says the run carries no such guarantee.
+are (epsilon, delta_total)-differentially private with respect to adding or removing any one
+*training example*, where epsilon in each metrics row is the budget spent so far under
+config.privacy.accountant (summary.json names the accountant and its conversion to (epsilon,
+delta); accounting.py), and delta_total = config.privacy.delta + truncation_delta (the proved
+price of cutting Poisson batches at a cap; accounting.py). It assumes Poisson sampling (each
+example in each step's batch independently with probability q = batch_size / num_train). With
+`sampling=shuffle` (fixed shuffled batches) there is no guarantee: rows carry
+`epsilon_if_poisson` (what Poisson sampling at the same rate would give), never `epsilon`, and
+summary.json says so.
 
-What it does not protect: the test set and the eval metrics computed on it; anything derived from
-the training data outside training (preprocessing, the choice of hyperparameters by looking at
-results, repeated runs); the training loss and accuracy in metrics.jsonl (computed on the private
-batches, for the researcher's eyes; do not publish them as private). Each example is one unit of
+Clipping and noise run in float32 whatever config.model.dtype is (a bfloat16 model's per-example
+gradients are cast to float32 before their norms are taken): bfloat16 norms let a clipped gradient
+exceed C, and bfloat16 noise takes a handful of values, which no Gaussian analysis covers.
+
+What a run releases, and under what protection (STATISTICS below; summary.json lists it too):
+- protected by epsilon: the parameters at every step, checkpoints, and the eval metrics on the
+  test set computed from them (the test set itself is not protected);
+- not protected, and so withheld from metrics.jsonl, TensorBoard, the progress bar and
+  summary.json unless config.privacy.release_train_stats=True: the training loss and accuracy on
+  the private batches, `batch_fill` (the exact sampled batch size over the expected one) and
+  `clipped_fraction` (the share of clipped examples). train.run's returned rows keep them for
+  the caller's own process;
+- not protected, and released: whether and when training diverged (a non-finite loss stops the
+  run), the configuration, and timing.
+Not protected either: anything derived from the training data outside training (preprocessing,
+the choice of hyperparameters by looking at results, repeated runs). Each example is one unit of
 privacy: a person with many examples gets less protection.
 
 For federated learning, `dpfedavg` (DP-FedAvg, McMahan et al. 2018) makes the *client* the unit:
@@ -52,8 +67,23 @@ def privacy_config() -> ml_collections.ConfigDict:
   c.target_epsilon = 0.0        # > 0: calibrate sigma so that epsilon after train.steps is this
   c.delta = 1e-5                # the delta at which epsilon is reported
   c.sampling = "poisson"        # poisson (the DP guarantee) / shuffle (fixed batches; no guarantee)
-  c.accountant = "rdp"          # rdp (fast; adds truncation to delta) / pld (tight, ~2 s a row)
+  c.accountant = "rdp"          # rdp / rdp_classic (Abadi et al.'s conversion) / pld (tight, ~2 s a row)
+  c.release_train_stats = False  # log training loss, accuracy, batch_fill, clipped_fraction (unprotected)
   return c
+
+
+# Every statistic a private run's rows may carry beyond evaluation, with its status.
+STATISTICS = {
+    "epsilon": "the budget spent so far (public: a function of the config and the step)",
+    "epsilon_if_poisson": "sampling=shuffle: what Poisson sampling would give; no guarantee",
+    "loss": "training loss on the private batches: NOT protected (withheld by default)",
+    "accuracy": "training accuracy on the private batches: NOT protected (withheld by default)",
+    "batch_fill": "exact sampled batch size / expected: NOT protected (withheld by default)",
+    "clipped_fraction": "share of clipped examples or clients: NOT protected (withheld by "
+                        "default)",
+    "eval_*": "metrics on the test set from the released parameters: protected as the "
+              "parameters are (the test set itself is not)",
+}
 
 
 def _validate_none(config) -> None:
@@ -126,17 +156,47 @@ class DPSGD:
     self.clip_norm, self.delta = float(p.clip_norm), float(p.delta)
     self.sampling, self.kind = p.sampling, p.accountant
     self.q = self.batch_size / num_train
-    self.cap = sampling.batch_cap(num_train, self.q, shards) if p.sampling == "poisson" else None
-    self.accountant = accounting.Accountant(self.kind, self.q, float(p.noise_multiplier),
-                                            self.delta, num_train, self.cap)
+    self.release_train_stats = bool(p.release_train_stats)
+    # the cap: T x P(overflow) <= 1e-4 delta, so truncation_delta stays below delta / 10
+    self.cap = self._cap(config, shards)
+    self.accountant = self._accountant(config)
     if p.target_epsilon > 0:
       self.accountant.sigma = self.accountant.calibrate(float(p.target_epsilon),
                                                         config.train.steps)
     self.noise_multiplier = self.accountant.sigma
 
+  def _cap(self, config, shards: int) -> int | None:
+    """The Poisson batch's cap: P(overflow) <= 1e-10 delta, so that for runs of up to 10^6
+    steps T x P(overflow) <= 1e-4 delta and truncation_delta stays below delta / 10 for every
+    epsilon up to 6.9 (accounting.py; it is reported exactly whatever the run). It does not
+    depend on train.steps, so a run extended on resume keeps its batches. None: no Poisson
+    batches."""
+    if config.privacy.sampling != "poisson":
+      return None
+    return sampling.batch_cap(self.num_train, self.q, shards, 1e-10 * self.delta)
+
+  def _accountant(self, config) -> accounting.Accountant:
+    p = config.privacy
+    return accounting.Accountant(self.kind, self.q, float(p.noise_multiplier), self.delta,
+                                 self.num_train, self.cap)
+
   @property
   def poisson(self) -> bool:
     return self.cap is not None
+
+  # row fields that are functions of the config, the step, the released parameters or the clock
+  PUBLIC = frozenset({"step", "epoch", "epsilon", "epsilon_if_poisson", "steps_per_sec",
+                      "wall_time"})
+
+  def released(self, row: dict, public=()) -> dict:
+    """`row` as it may be logged: every field computed from the private data without noise (the
+    training loss and accuracy, batch_fill, clipped_fraction, pipeline statistics...) taken out,
+    unless config.privacy.release_train_stats. Kept: PUBLIC, `public`, and eval_* (computed from
+    the released parameters on the test set)."""
+    if self.release_train_stats:
+      return row
+    return {k: v for k, v in row.items()
+            if k in self.PUBLIC or k in public or k.startswith("eval_")}
 
   def grad_fn(self, task, expected_examples: float, sample_batch=None):
     """The per-call clipped gradient (see clipping.py); `sample_batch` lets it check whether the
@@ -159,25 +219,51 @@ class DPSGD:
     idx, mask = sampling.poisson_batches(seed, step, num_steps, self.num_train, self.q, self.cap)
     return {"idx": idx, "mask": mask}
 
+  @property
+  def guaranteed(self) -> bool:
+    """Whether the sampling is the one the accountant assumes (else epsilon is hypothetical)."""
+    return self.sampling != "shuffle"
+
   def row_metrics(self, step: int) -> dict[str, float]:
-    return {"epsilon": self.accountant.epsilon(step)}
+    name = "epsilon" if self.guaranteed else "epsilon_if_poisson"
+    return {name: self.accountant.epsilon(step)}
 
   def describe(self, step: int) -> dict:
     """What summary.json says about the guarantee after `step` updates."""
-    out = {"mechanism": self.name, "epsilon": self.accountant.epsilon(step), "delta": self.delta,
-           "accountant": self.kind, "sampling": self.sampling, "sampling_rate": self.q,
-           "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm,
-           "clipping": getattr(self, "method", "vmap")}
+    eps = self.accountant.epsilon(step)
+    truncation = self.accountant.truncation_delta(step)
+    out = {"mechanism": self.name, "unit": self.unit,
+           "neighbouring_relation": self.accountant.relation.replace("record", self.unit),
+           "epsilon" if self.guaranteed else "epsilon_if_poisson": eps,
+           "delta": self.delta, "accountant": self.kind,
+           "accountant_description": self.accountant.description, "sampling": self.sampling,
+           "sampling_rate": self.q, "noise_multiplier": self.noise_multiplier,
+           "clip_norm": self.clip_norm, "clipping": getattr(self, "method", "vmap"),
+           "statistics": {k: v for k, v in STATISTICS.items()},
+           "train_stats_released": self.release_train_stats}
+    if not self.guaranteed:
+      out["guarantee"] = ("none: fixed shuffled batches; epsilon_if_poisson is what Poisson "
+                          "sampling at the same rate would give")
+      return out
+    delta_total = self.delta + truncation
     if self.poisson:
       out.update(batch_cap=self.cap, overflow_probability=self.accountant.overflow,
-                 truncation_delta=self.accountant.truncation_delta(step),
-                 guarantee=f"({out['epsilon']:.4g}, "
-                           f"{self.delta + self.accountant.truncation_delta(step):.3g})-DP for "
-                           f"each {self.unit}")
-    else:
-      out["guarantee"] = ("none: fixed shuffled batches; epsilon is what Poisson sampling at the "
-                          "same rate would give")
+                 truncation_delta=truncation)
+    out.update(delta_total=delta_total,
+               delta_covers=self.delta_covers(),
+               guarantee=f"({eps:.4g}, {delta_total:.3g})-DP for each {self.unit} "
+                         f"({self.accountant.relation.replace('record', self.unit)}), "
+                         f"accountant {self.kind}")
     return out
+
+  def delta_covers(self) -> str:
+    if not self.poisson:
+      return "config.privacy.delta: the accountant's delta alone (no truncation)"
+    if self.kind == "pld":
+      return ("config.privacy.delta: the PLD accountant models the truncation at batch_cap "
+              "exactly")
+    return ("config.privacy.delta from the accountant, plus truncation_delta = (1 + e^epsilon) "
+            "x steps x overflow_probability for the batches cut at batch_cap (accounting.py)")
 
 
 @PRIVACY.register("dpfedavg", validate=_validate_dpfedavg)
@@ -187,26 +273,72 @@ class DPFedAvg(DPSGD):
   q = clients_per_round / clients (Poisson, padded to a cap like DP-SGD's batches), clips each
   client's model update to clip_norm, sums, adds N(0, (sigma C)^2) once to the sum, and divides by
   the expected count q N. The accountant is DP-SGD's with clients in place of examples and rounds
-  in place of steps. The strategy (strategies/federated.py) does the clipping and the sum; this
-  class owns the sampling, the noise and the budget.
+  in place of steps (add or remove one client). The strategy (strategies/federated.py) does the
+  clipping and the sum; this class owns the sampling, the noise and the budget.
+
+  With secure aggregation (config.federated.secure_aggregation) the sampling is different. There a
+  round fails when fewer than the threshold t of its clients survive, and a failed round releases
+  no sum. Under Poisson sampling whether a round fails depends on how many clients were drawn, so
+  one client's presence could decide between "no sum" and "the sum of t clients" (a change of up
+  to t C, not C). So with secure aggregation each round samples exactly m = clients_per_round
+  clients without replacement, and dropouts (random, scripted, or past the deadline, with every
+  client's local work taken as the largest client's) depend on client ids and public randomness
+  only: whether a round fails is independent of the clients' data. The neighbouring relation is
+  then *replace one client's data* (the number of clients is public), the clipped sum's
+  sensitivity is 2C plus the fixed-point rounding of secure aggregation (sqrt(d) / 2^fraction_bits
+  for d parameters: each coordinate of each upload is rounded by at most half a unit), and the
+  accountant is dp-accounting's sampled-without-replacement Gaussian (Wang, Balle and
+  Kasiviswanathan 2019) under REPLACE_ONE, at noise multiplier sigma C / sensitivity.
   """
 
   name = "dpfedavg"
   unit = "client"
 
-  def __init__(self, config, num_clients: int, shards: int = 1):
-    super().__init__(config, num_clients, shards,
-                     batch_size=config.federated.clients_per_round)
+  def __init__(self, config, num_clients: int, shards: int = 1, update_size: int = 0):
+    f = config.federated
+    self.fixed_size = bool(f.secure_aggregation)
+    self.rounding = (math.sqrt(update_size) / 2 ** int(f.secagg.fraction_bits)
+                     if self.fixed_size else 0.0)
+    super().__init__(config, num_clients, shards, batch_size=f.clients_per_round)
+    if self.fixed_size:
+      self.sampling = "fixed-size"
     self.method = "per-client update"
+
+  def _cap(self, config, shards: int) -> int | None:
+    return None if self.fixed_size else super()._cap(config, shards)
+
+  @property
+  def sensitivity(self) -> float:
+    """The released sum's sensitivity under the accountant's relation, in units of C."""
+    return 2.0 + self.rounding / self.clip_norm if self.fixed_size else 1.0
+
+  def _accountant(self, config) -> accounting.Accountant:
+    if not self.fixed_size:
+      return super()._accountant(config)
+    if self.kind == "pld":
+      raise ConfigError("config.privacy.accountant='pld' cannot account DP-FedAvg with secure "
+                        "aggregation (fixed-size sampling under replace-one); use 'rdp' or "
+                        "'rdp_classic'")
+    return accounting.Accountant(self.kind, self.q, float(config.privacy.noise_multiplier),
+                                 self.delta, self.num_train, sample_size=self.batch_size,
+                                 sensitivity=self.sensitivity)
+
+  def describe(self, step: int) -> dict:
+    out = super().describe(step)
+    if self.fixed_size:
+      out.update(sensitivity=self.sensitivity * self.clip_norm,
+                 sampling_note="fixed-size sampling without replacement (secure aggregation): "
+                               "whether a round fails does not depend on the clients' data")
+    return out
 
   def grad_fn(self, task, expected_examples: float, sample_batch=None):
     raise NotImplementedError("DP-FedAvg clips client updates, not per-example gradients")
 
 
-def build(config, num_train: int, shards: int = 1) -> DPSGD | None:
+def build(config, num_train: int, shards: int = 1, **kwargs) -> DPSGD | None:
   """The mechanism `config.privacy.mechanism` names, for a training set of `num_train`."""
   cls = PRIVACY.get(config.privacy.mechanism)
-  return None if cls is None else cls(config, num_train, shards)
+  return None if cls is None else cls(config, num_train, shards, **kwargs)
 
 
 __all__ = ["DPSGD", "build", "privacy_config", "accounting", "clipping", "noise", "sampling"]

@@ -17,6 +17,8 @@ micro-batch on one device, each call divides by its own expected share, and aver
    normalisation or other cross-example statistics), or per-example clipping bounds nothing.
    Every pdist model satisfies it today.
 
+Norms, scales and the clipped sum are computed in float32 whatever config.model.dtype is.
+
 Two ways to the same clipped sum:
 - **dense** (fast; models whose parameters all sit in `flax.linen.Dense` layers applied to
   [batch, features] inputs, e.g. the MLP): one forward pass records each layer's input a_i and adds
@@ -146,6 +148,10 @@ def dense_clipped_grad_fn(task, clip_norm: float, expected_examples: float, laye
     zeros = [_varying_like(jnp.zeros(s.shape, s.dtype), batch["x"])
              for s in jax.eval_shape(output_shapes)]
     outs_grad, (losses, metrics, inputs) = jax.grad(loss_with, has_aux=True)(zeros)
+    # norms, scales and sums in float32 whatever the model computes in (bfloat16 norms let a
+    # clipped gradient exceed C)
+    inputs = [a.astype(jnp.float32) for a in inputs]
+    outs_grad = [g.astype(jnp.float32) for g in outs_grad]
     norm2 = 0.0
     for (path, use_bias), a, g in zip(layers, inputs, outs_grad):
       g2 = jnp.sum(g * g, axis=1)
@@ -196,6 +202,7 @@ def vmap_clipped_grad_fn(task, clip_norm: float, expected_examples: float):
 
   def chunk(params, xs, ys, mask, rng):
     (losses, metrics), grads = per_example(params, xs, ys, rng)
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)   # clipping runs in float32
     norms = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1)
                          for g in jax.tree.leaves(grads)))
     weights = clip_scales(norms, clip_norm) * mask

@@ -21,7 +21,10 @@ def gaussian_noise(stddev: float) -> GradientTransformation:
     if stddev == 0:
       return grads, state, {}
     leaves, treedef = jax.tree.flatten(grads)
-    noisy = [g + stddev * jax.random.normal(jax.random.fold_in(rng, i), g.shape, g.dtype)
+    # drawn and added in float32 whatever the gradient's dtype: bfloat16 noise takes a handful
+    # of values near any given scale, which the Gaussian mechanism's analysis does not cover
+    noisy = [g.astype(jnp.float32)
+             + stddev * jax.random.normal(jax.random.fold_in(rng, i), g.shape, jnp.float32)
              for i, g in enumerate(leaves)]
     return jax.tree.unflatten(treedef, noisy), state, {}
 

@@ -34,6 +34,8 @@ PIPELINE_SALT = 0x5EED
 class Strategy(abc.ABC):
   """Base class: subclasses implement `init` and `run` and register themselves by name."""
 
+  privacy = None   # the differential-privacy mechanism (privacy.DPSGD), when the run has one
+
   @abc.abstractmethod
   def init(self, rng: jax.Array) -> State:
     ...
@@ -107,6 +109,22 @@ class Strategy(abc.ABC):
     """Fields for summary.json beyond the last metrics row (e.g. the privacy guarantee)."""
     del state
     return {}
+
+  def check_finished(self, state: State) -> None:
+    """Called once the run's last update is logged: raise a TrainingError if the run, although
+    it went through every update, did not train (e.g. every federated round failed)."""
+    del state
+
+  def public_row_keys(self) -> tuple[str, ...]:
+    """Row fields that a private run may log: functions of the config and public randomness."""
+    return ()
+
+  def released(self, row: dict) -> dict:
+    """`row` as it may be written or printed: under differential privacy without the
+    statistics of private data that the guarantee does not cover (privacy.DPSGD.released)."""
+    if self.privacy is None:
+      return row
+    return self.privacy.released(row, self.public_row_keys())
 
 
 def init_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -44,6 +44,7 @@ from jax.flatten_util import ravel_pytree
 from pdist import optim
 from pdist import pipeline as pipeline_lib
 from pdist import privacy as privacy_lib
+from pdist.errors import TrainingError
 from pdist.federated import rounds
 from pdist.federated.secagg import SecAggError, SecureAggregation
 from pdist.ps import sharding, timing
@@ -53,6 +54,20 @@ from pdist.strategies import base
 from pdist.tasks import Task
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
+
+
+class NoTraining(TrainingError):
+  """Every round of the run failed: the parameters are the initial ones."""
+
+
+def server_optimizer(config):
+  """The server's optimizer: config.optim, except that adam / yogi take Reddi et al. 2021's form
+  (optim.fedopt: adaptivity tau, no bias correction) unless config.federated.fedopt='optax'."""
+  f, o = config.federated, config.optim
+  if o.name not in ("adam", "yogi") or f.fedopt == "optax":
+    return optim.build(config)
+  tx = optim.fedopt(o.name, optim.schedule(config), tau=float(f.fedopt_tau))
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
 DATA_SALT = 0xDA7A
 NOISE_STREAM = 0xFFFFFFFF   # fold_in data no round index reaches: DP noise keys apart from clients
 
@@ -78,6 +93,8 @@ def federated_config() -> ml_collections.ConfigDict:
   c.secagg.threshold = 0        # t of Shamir's t-of-n; 0: a majority of clients_per_round
   c.secagg.fraction_bits = 16   # fixed point: updates are scaled by 2^this
   c.secagg.on_failure = "skip"  # fewer survivors than t: skip the round, or stop the run
+  c.fedopt = "reddi"            # server adam/yogi: reddi (the paper's: tau, no bias correction) / optax
+  c.fedopt_tau = 1e-3           # the adaptivity tau of Reddi et al. 2021 (fedopt='reddi')
   return c
 
 
@@ -90,6 +107,15 @@ def validate_federated(config) -> None:
   f = config.federated
   check_choice(config, "federated.algorithm", ALGORITHMS)
   check_choice(config, "federated.secagg.on_failure", ("skip", "stop"))
+  check_choice(config, "federated.fedopt", ("reddi", "optax"))
+  if not (f.fedopt_tau > 0 and np.isfinite(f.fedopt_tau)):
+    raise ConfigError(f"config.federated.fedopt_tau must be positive and finite, got "
+                      f"{f.fedopt_tau}")
+  defaults = federated_config()
+  if config.optim.name not in ("adam", "yogi") and (f.fedopt != defaults.fedopt
+                                                    or f.fedopt_tau != defaults.fedopt_tau):
+    raise ConfigError(f"config.federated.fedopt and fedopt_tau apply to a server optimizer "
+                      f"config.optim.name='adam' or 'yogi', not '{config.optim.name}'")
   check_positive(config, "federated.clients", "federated.clients_per_round",
                  "federated.local_epochs", "federated.client_lr")
   check_positive(config, "federated.client_momentum", "federated.prox_mu", "federated.client_group",
@@ -160,7 +186,7 @@ class Federated(base.Strategy):
     self.task, self.fed = task, f
     self.N, self.seed = f.clients, config.train.seed
     self.algorithm, self.mu = f.algorithm, float(f.prox_mu)
-    self.tx = optim.build(config)            # the server's optimizer
+    self.tx = server_optimizer(config)
     self.client_tx = optax.sgd(f.client_lr, momentum=f.client_momentum or None)
     parts = client_partition(config, task.dataset)
     self.sizes = np.array([len(p) for p in parts], np.int32)
@@ -181,8 +207,9 @@ class Federated(base.Strategy):
     model_bytes = sharding.tree_bytes(abstract)
     self.bytes_down = model_bytes * (2 if self.scaffold else 1)
     self.bytes_up = model_bytes * (2 if self.scaffold else 1)
-    # user-level differential privacy
-    self.privacy = privacy_lib.build(config, self.N)
+    # user-level differential privacy (fixed-size sampling under secure aggregation: see
+    # privacy.DPFedAvg for why)
+    self.privacy = privacy_lib.build(config, self.N, update_size=self.D)
     cap = self.privacy.cap if self.privacy is not None else None
     # N(0, (sigma C / expected clients)^2) on the average: DPSGD.noise, clients for examples
     self.noise = self.privacy.noise() if self.privacy is not None else None
@@ -191,8 +218,11 @@ class Federated(base.Strategy):
       self.secagg = SecureAggregation(self.L, cap or f.clients_per_round, threshold(config),
                                       f.secagg.fraction_bits)
       self.on_failure = f.secagg.on_failure
+    # under DP every client's simulated work is the largest client's: then dropouts past the
+    # deadline depend on client ids, not on how much data a client holds
     self.planner = rounds.RoundPlanner(f, self.sizes, self.batch, self.seed, self.bytes_down,
-                                       self.bytes_up, poisson_cap=cap)
+                                       self.bytes_up, poisson_cap=cap,
+                                       uniform_work=self.privacy is not None)
     self.totals = self._zero_totals()
     self._chunk = jax.jit(self._run_chunk, donate_argnums=(0,))
     self._clients_fn = jax.jit(self._clients)
@@ -200,7 +230,7 @@ class Federated(base.Strategy):
 
   def _zero_totals(self) -> dict:
     out = {"sim_time": 0.0, "clients_sampled": 0, "clients_dropped": 0, "bytes_uploaded": 0,
-           "bytes_downloaded": 0}
+           "bytes_downloaded": 0, "rounds_failed": 0}
     if self.secagg is not None:
       out.update(secagg_failed_rounds=0, secagg_clipped=0, secagg_client_seconds=0.0,
                  secagg_server_seconds=0.0)
@@ -352,6 +382,8 @@ class Federated(base.Strategy):
   # -- the host side ------------------------------------------------------------------------------
   def _account(self, plan: rounds.Plan) -> None:
     t = self.totals
+    if self.secagg is None:   # a round no upload reached changed nothing (under DP: noise only)
+      t["rounds_failed"] += int((plan.survived.sum(axis=1) == 0).sum())
     t["sim_time"] += float(plan.duration.sum())
     t["clients_sampled"] += int(plan.sampled.sum())
     t["clients_dropped"] += int((plan.sampled & ~plan.survived).sum())
@@ -389,6 +421,7 @@ class Federated(base.Strategy):
         raise SecAggError(f"round {self.step(state)}: {e} (config.federated.secagg.on_failure="
                           "'stop')") from None
       self.totals["secagg_failed_rounds"] += 1
+      self.totals["rounds_failed"] += 1
       total = np.zeros(self.L)
       survived = np.zeros_like(survived)
     self.totals["secagg_clipped"] += clipped
@@ -406,6 +439,29 @@ class Federated(base.Strategy):
     if self.privacy is not None:
       out.update(self.privacy.row_metrics(step))
     return out
+
+  def check_finished(self, state) -> None:
+    step = self.step(state)
+    if step and self.totals["rounds_failed"] >= step:
+      raise NoTraining(f"all {step} rounds failed ({self._failure_cause()}): the parameters never "
+                       "took a client's update")
+
+  def _failure_cause(self) -> str:
+    f = self.fed
+    if self.secagg is not None:
+      return (f"fewer than the secure-aggregation threshold {self.secagg.threshold} of the "
+              f"{self.fed.clients_per_round} clients a round survived; lower "
+              "config.federated.dropouts.rate or config.federated.secagg.threshold")
+    return ("no client's upload reached the server; lower config.federated.dropouts.rate"
+            + (" or raise config.federated.deadline" if f.deadline > 0 else ""))
+
+  def public_row_keys(self) -> tuple[str, ...]:
+    """Under DP-FedAvg with fixed-size sampling (secure aggregation) who took part and who
+    dropped out are independent of the clients' data, so the round bookkeeping is public; under
+    Poisson sampling the number of clients drawn is not."""
+    if self.privacy is not None and self.privacy.fixed_size:
+      return tuple(self._zero_totals())
+    return ()
 
   def describe(self, state) -> dict:
     out = {"federated": {"clients": self.N, "client_sizes": [int(self.sizes.min()),
