@@ -7,7 +7,11 @@ would before a real one). Steady-state steps/s of train.run, read off its metric
 run is repeated between compressors and the best of its runs is the reference. Prints one JSON
 line.
 
-  python benchmarks/compression.py [--steps 300]
+  python benchmarks/compression.py [--steps 300] [--only topk,topk_leaf]
+
+top-k and random-k run over the whole gradient (config.compression.scope="global", the default)
+and in each leaf (`topk_leaf`, `randomk_leaf`). `--only` runs the named compressors (labels as
+in the output's `<label>_steps_per_sec`) against the uncompressed step.
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ import tempfile
 
 from common import mlp_config, report, scan_floor_rate, steady_rate
 
-COMPRESSORS = (("int8", {}), ("qsgd", {"levels": 16}), ("topk", {"ratio": 0.01}),
-               ("randomk", {"ratio": 0.01}), ("sign", {}), ("powersgd", {"rank": 4}))
+# label: config.compression fields (name first)
+COMPRESSORS = {"int8": {"name": "int8"}, "qsgd": {"name": "qsgd", "levels": 16},
+               "topk": {"name": "topk", "ratio": 0.01},
+               "topk_leaf": {"name": "topk", "ratio": 0.01, "scope": "leaf"},
+               "randomk": {"name": "randomk", "ratio": 0.01},
+               "randomk_leaf": {"name": "randomk", "ratio": 0.01, "scope": "leaf"},
+               "sign": {"name": "sign"}, "powersgd": {"name": "powersgd", "rank": 4}}
 
 
-def rate(name: str, fields: dict, steps: int) -> float:
+def rate(fields: dict, steps: int) -> float:
   from pdist import train
   c = mlp_config(batch_size=256, steps=steps, strategy="sync")
   c.sync.devices = 1
   c.train.log_every = 50
   c.train.progress = False
-  c.compression.name = name
   for key, value in fields.items():
     c.compression[key] = value
   rows = train.run(c, tempfile.mkdtemp(prefix="pdist_bench_")).rows
@@ -37,13 +45,19 @@ def rate(name: str, fields: dict, steps: int) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--only", default=",".join(COMPRESSORS),
+                      help="comma-separated labels, of: " + ", ".join(COMPRESSORS))
   args = parser.parse_args()
+  labels = args.only.split(",")
+  unknown = [label for label in labels if label not in COMPRESSORS]
+  if unknown:
+    parser.error(f"--only: unknown {', '.join(unknown)}; choose from {', '.join(COMPRESSORS)}")
   plain, out = 0.0, {}
-  for name, fields in COMPRESSORS:
-    plain = max(plain, rate("none", {}, args.steps))
-    out[f"{name}_steps_per_sec"] = rate(name, fields, args.steps)
-  plain = max(plain, rate("none", {}, args.steps))
-  ratios = {f"{name}_cost": plain / out[f"{name}_steps_per_sec"] - 1 for name, _ in COMPRESSORS}
+  for label in labels:
+    plain = max(plain, rate({}, args.steps))
+    out[f"{label}_steps_per_sec"] = rate(COMPRESSORS[label], args.steps)
+  plain = max(plain, rate({}, args.steps))
+  ratios = {f"{label}_cost": plain / out[f"{label}_steps_per_sec"] - 1 for label in labels}
   scan = scan_floor_rate(mlp_config(batch_size=256, steps=args.steps), args.steps)
   report("compression", batch=256, steps=args.steps, plain_steps_per_sec=plain,
          scan_floor_steps_per_sec=scan, plain_ratio_to_scan=plain / scan, **out, **ratios)

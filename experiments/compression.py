@@ -11,7 +11,8 @@ batches of 32, SGD momentum 0.9 lr 0.05, 600 updates. Each link carries 300 kB p
 so a dense push or pull takes ~1 unit beside 1 unit of compute: compressing the pushes (pulls
 stay dense) cuts a round from ~3 units to a little over 2. Measured numbers are in the README.
 Presets: tiny; one per compressor (int8, qsgd, topk, randomk, sign, powersgd); noef (error
-feedback off).
+feedback off); leaf (topk / randomk choose k in each leaf instead of over the whole gradient,
+e.g. `:topk,leaf`). The sweep has top-k with both scopes.
 """
 
 from pdist.config import apply_presets, base_config, tiny
@@ -29,7 +30,12 @@ def _noef(c):
   c.compression.error_feedback = False
 
 
+def _leaf(c):
+  c.compression.scope = "leaf"
+
+
 PRESETS = {"tiny": lambda c: tiny(c, steps=20, log_every=10, eval_every=10), "noef": _noef,
+           "leaf": _leaf,
            "int8": _compressor("int8", error_feedback=False),
            "qsgd": _compressor("qsgd", error_feedback=False),
            "topk": _compressor("topk"), "randomk": _compressor("randomk"),
@@ -57,7 +63,8 @@ def get_config(arg=None):
 
 
 def get_hyper(arg=None):
-  """Every compressor with its usual error-feedback setting, and the biased ones without it."""
+  """Every compressor with its usual error-feedback setting, and the biased ones without it;
+  top-k over the whole gradient (the default scope) and in each leaf."""
   del arg
   out = [("none", {"compression.name": "none"}),
          ("int8", {"compression.name": "int8", "compression.error_feedback": False}),
@@ -69,4 +76,6 @@ def get_hyper(arg=None):
     if name != "powersgd":
       out.append((f"{name}_noef", {"compression.name": name, "compression.error_feedback": False,
                                    **extra}))
+  out.append(("topk_leaf_ef", {"compression.name": "topk", "compression.ratio": 0.01,
+                               "compression.scope": "leaf"}))
   return out

@@ -3,15 +3,20 @@
     --config.compression.name=topk --config.compression.ratio=0.01   # error feedback on by default
 
 Compressors, one per file, each with its math, paper and guarantee: int8 (stochastic rounding),
-qsgd (s levels), topk, randomk, sign (scaled, 1 bit), powersgd (rank r, warm-started). With
-`config.compression.error_feedback` (default on) what compression drops is carried to the next
-gradient (base.py). The compressor runs in the local stage of the gradient pipeline, so in `sync`
-each device compresses its own gradient before the (emulated) exchange, with its own residual,
-and in `ps` each worker compresses its push, with its own residual; the pushed bytes drive the
-simulated network time. `single` sends nothing and is refused.
+qsgd (s levels), topk, randomk, sign (scaled, 1 bit), powersgd (rank r, warm-started). The
+sparsifiers (topk, randomk) choose their k values from the whole gradient
+(`config.compression.scope="global"`, the default, as Stich et al. 2018 and Lin et al. 2018) or
+from each leaf on its own (`scope="leaf"`). With `config.compression.error_feedback` (default
+on) what compression drops is carried to the next gradient (base.py). The compressor runs in the
+local stage of the gradient pipeline, so in `sync` each device compresses its own gradient before
+the (emulated) exchange, with its own residual, and in `ps` each worker compresses its push, with
+its own residual; the pushed bytes drive the simulated network time. `single` sends nothing and
+is refused.
 
-Metrics per row (means over the interval's updates): bytes_up (one sender's payload per update),
-compression_ratio (dense bytes / bytes_up), residual_norm (error feedback's memory, ||e||).
+Metrics per row (means over the interval's updates; defined in base.py): bytes_up (one sender's
+payload per update, values and indices), compression_ratio (dense float32 bytes / bytes_up),
+kept_fraction (coordinates whose value is sent / coordinates; not for powersgd), residual_norm
+(error feedback's memory, ||e||).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import ml_collections
 import numpy as np
 
 from pdist.compression import base, int8, powersgd, qsgd, randomk, sign, topk
-from pdist.compression.base import Compressor, compression_transform, tree_wire_bytes
-from pdist.registry import COMPRESSORS, ConfigError, check_unused_at_default
+from pdist.compression.base import SCOPES, Compressor, compression_transform, tree_wire_bytes
+from pdist.registry import COMPRESSORS, ConfigError, check_choice, check_unused_at_default
 
 
 def compression_config() -> ml_collections.ConfigDict:
@@ -29,7 +34,8 @@ def compression_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "none"            # none / int8 / qsgd / topk / randomk / sign / powersgd
   c.error_feedback = True    # carry what compression drops into the next gradient
-  c.ratio = 0.01             # topk, randomk: share of each leaf's values sent, in (0, 1]
+  c.ratio = 0.01             # topk, randomk: share of the scope's values sent, in (0, 1]
+  c.scope = "global"         # topk, randomk: k of the whole gradient ("global") or of each leaf
   c.levels = 16              # qsgd: quantisation levels s >= 1
   c.rank = 4                 # powersgd: rank r >= 1
   return c
@@ -40,22 +46,41 @@ def _validate_none(config) -> None:
                           "choose a compressor or leave the field at its default")
 
 
+# the fields of config.compression each compressor reads; any other must stay at its default
+READS = {"int8": ("error_feedback",), "qsgd": ("error_feedback", "levels"),
+         "topk": ("error_feedback", "ratio", "scope"),
+         "randomk": ("error_feedback", "ratio", "scope"), "sign": ("error_feedback",),
+         "powersgd": ("error_feedback", "rank")}
+
+
 def _validate_any(config) -> None:
+  name = config.compression.name
   if config.strategy not in ("sync", "ps"):
-    raise ConfigError(f"config.compression.name='{config.compression.name}' compresses what a "
+    raise ConfigError(f"config.compression.name='{name}' compresses what a "
                       f"strategy sends, and config.strategy='{config.strategy}' sends nothing; "
                       "use sync or ps")
   if getattr(config, "privacy", None) is not None and config.privacy.mechanism != "none":
     raise ConfigError("config.compression with config.privacy.mechanism='dpsgd' is not supported: "
                       "error feedback carries private gradients across steps, outside DP-SGD's "
                       "analysis")
+  for field, default in compression_config().items():
+    if field != "name" and field not in READS[name] and config.compression[field] != default:
+      raise ConfigError(f"config.compression.{field}={config.compression[field]!r} does not apply "
+                        f"to config.compression.name='{name}' (it reads "
+                        f"{', '.join(READS[name])}); leave it at {default!r}")
 
 
-def _validate_ratio(config) -> None:
+def _validate_sparsifier(config) -> None:
   _validate_any(config)
   r = config.compression.ratio
   if not 0 < r <= 1:
     raise ConfigError(f"config.compression.ratio must be in (0, 1], got {r}")
+  check_choice(config, "compression.scope", SCOPES)
+  if config.compression.scope == "global" and config.strategy == "ps" and config.ps.shards > 1:
+    raise ConfigError(f"config.compression.scope='global' with config.ps.shards="
+                      f"{config.ps.shards} is not supported: which shard the whole gradient's k "
+                      "values go to changes every step, and the simulated network needs each "
+                      "shard's bytes in advance; use scope='leaf' or one shard")
 
 
 def _validate_levels(config) -> None:
@@ -100,8 +125,8 @@ COMPRESSORS.register("none", config=compression_config, validate=_validate_none,
                      group="compression")(None)
 COMPRESSORS.register("int8", validate=_validate_any)(_stage(int8.make))
 COMPRESSORS.register("qsgd", validate=_validate_levels)(_stage(qsgd.make))
-COMPRESSORS.register("topk", validate=_validate_ratio)(_stage(topk.make))
-COMPRESSORS.register("randomk", validate=_validate_ratio)(_stage(randomk.make))
+COMPRESSORS.register("topk", validate=_validate_sparsifier)(_stage(topk.make))
+COMPRESSORS.register("randomk", validate=_validate_sparsifier)(_stage(randomk.make))
 COMPRESSORS.register("sign", validate=_validate_any)(_stage(sign.make))
 COMPRESSORS.register("powersgd", validate=_validate_rank)(_stage(powersgd.make, _rank_fits))
 

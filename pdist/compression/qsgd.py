@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pdist.compression.base import FLOAT_BYTES, stateless
+from pdist.compression.base import FLOAT_BYTES, all_values, stateless
 
 BUCKET = 512
 
@@ -54,4 +54,4 @@ def wire_bytes_for(shape, levels: int, bucket: int = BUCKET) -> int:
 def make(config):
   levels = int(config.compression.levels)
   return stateless("qsgd", lambda g, key: quantise(g, key, levels),
-                   lambda shape: wire_bytes_for(shape, levels))
+                   lambda shape: wire_bytes_for(shape, levels), all_values)

@@ -14,7 +14,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from pdist.compression.base import FLOAT_BYTES, stateless
+from pdist.compression.base import FLOAT_BYTES, all_values, stateless
 
 
 def compress(g, key):
@@ -28,4 +28,4 @@ def wire_bytes(shape) -> int:
 
 def make(config):
   del config
-  return stateless("sign", compress, wire_bytes)
+  return stateless("sign", compress, wire_bytes, all_values)
