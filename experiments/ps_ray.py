@@ -10,12 +10,14 @@ the emulator predicts with the real one (total variation distance and a figure).
   python -m pdist.replay runs/ray_k4        # bit for bit; staleness_real_vs_emulator.png
   python -m pdist.sweep --config experiments/ps_ray.py --workdir runs/ps_ray   # k4, k16 x async, ssp
   python -m pdist --config experiments/ps_ray.py:kill --workdir runs/ray_kill  # worker 1 killed at 0.5 s
+  python -m pdist --config experiments/ps_ray.py:tls --workdir runs/ray_tls    # Ray's gRPC over mutual TLS
 
 Measured (2-core CPU, 2026-11-27; ~0.5 to 2 minutes a run, most of it Ray's and the workers'
 start-up), real vs emulated staleness: see the README's "Parameter server on Ray" table. On
 more workers than cores the workers time-share the CPU, which the emulator's independent
 per-worker compute times do not model; docs/ARCHITECTURE.md says where that shows.
-Presets: tiny, k16 (16 workers), ssp (bound 2), bsp (one backup worker), kill.
+Presets: tiny, k16 (16 workers), ssp (bound 2), bsp (one backup worker), kill, tls (config.ps.ray_tls=
+'auto': a CA and certificate of the run's own for 127.0.0.1, every Ray connection mutual TLS).
 """
 
 from pdist.config import apply_presets, base_config, tiny
@@ -47,7 +49,11 @@ def _kill(c):
   c.train.steps = 5000            # ~8 s: long enough for its new process to start and rejoin
 
 
-PRESETS = {"tiny": _tiny, "k16": _k16, "ssp": _ssp, "bsp": _bsp, "kill": _kill}
+def _tls(c):
+  c.ps.ray_tls = "auto"
+
+
+PRESETS = {"tiny": _tiny, "k16": _k16, "ssp": _ssp, "bsp": _bsp, "kill": _kill, "tls": _tls}
 
 
 def get_config(arg=None):

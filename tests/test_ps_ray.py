@@ -128,3 +128,18 @@ def test_a_resumed_run_keeps_only_the_kills_still_ahead():
   assert kill_schedule(at, 0.0) == [(0.5, 0), (2.5, 1), (4.0, 2)]
   assert kill_schedule(at, 1.0) == [(1.5, 1), (3.0, 2)]   # 0.5 happened before the checkpoint
   assert kill_schedule(at, 5.0) == []
+
+
+def test_the_shared_rows_are_private():
+  """On one machine the parameters and gradients go through files under /dev/shm: readable and
+  writable by the run's user only, whatever the umask."""
+  import stat
+  from pdist.strategies.ps_ray import Slots
+  slots = Slots(2, 8, "float32")
+  try:
+    for name in ("-params", "-grads"):
+      assert stat.S_IMODE(os.stat(slots.prefix + name).st_mode) == 0o600
+    slots.params[1] = 3.0
+    assert Slots(*slots.spec()[:3], prefix=slots.prefix).params[1, 0] == 3.0   # a worker's view
+  finally:
+    slots.unlink()

@@ -65,6 +65,12 @@ def ps_config() -> ml_collections.ConfigDict:
   c.ray_worker_gpus = 0.0   # ray: GPUs (or a share, e.g. 0.25) each worker reserves
   c.ray_shared_memory = True  # ray, one machine: messages through shared memory (else, and on
                               # a cluster, through Ray's object store)
+  c.ray_tls = "off"         # ray: "auto" (a CA and certificate of the run's own for 127.0.0.1:
+                            # the local instance) / "files" (the three below): Ray's gRPC over
+                            # mutual TLS (pdist/tls.py)
+  c.ray_tls_cert = ""       # ray_tls='files': PEM certificate every Ray process presents
+  c.ray_tls_key = ""        # ray_tls='files': its private key (unencrypted PEM)
+  c.ray_tls_ca = ""         # ray_tls='files': PEM certificate of the CA that signed it
   return c
 
 
@@ -91,7 +97,8 @@ def validate_ps(config) -> None:
     validate_ray(config)
   else:
     defaults = ps_config()
-    for field in ("ray_address", "ray_worker_cpus", "ray_worker_gpus", "ray_shared_memory"):
+    for field in ("ray_address", "ray_worker_cpus", "ray_worker_gpus", "ray_shared_memory",
+                  "ray_tls", "ray_tls_cert", "ray_tls_key", "ray_tls_ca"):
       if ps[field] != defaults[field]:
         raise ConfigError(f"config.ps.{field} only applies to config.ps.backend='ray'")
   for item in ps.failures.at:

@@ -22,7 +22,8 @@ WORKDIR/trace.jsonl. The math of a record is a pure function of the parameters i
 compiled programs and gets the same parameters bit for bit: a real run, non-deterministic as it
 is, becomes a reproducible artefact, and a resumed run is its trace's replay. One local Ray
 instance is started and stopped by the run (bound to 127.0.0.1, no dashboard) unless
-config.ps.ray_address names a cluster.
+config.ps.ray_address names a cluster. config.ps.ray_tls='auto' (or 'files' with a cluster's
+certificates) runs all of Ray's gRPC with mutual TLS (pdist/tls.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pdist import optim
+from pdist import tls
 from pdist.data import WorkerSampler
 from pdist.ps import server as server_lib
 from pdist.ps import sharding
@@ -79,6 +81,7 @@ def validate_ray(config) -> None:
     raise ConfigError(f"config.ps.ray_worker_cpus must be positive, got {ps.ray_worker_cpus}")
   if ps.ray_worker_gpus < 0:
     raise ConfigError(f"config.ps.ray_worker_gpus must be >= 0, got {ps.ray_worker_gpus}")
+  tls.validate(config)   # ray_tls and, for 'files', that its three files are usable
 
 
 # -- the workers' side (also used by pdist.replay, in one process) -------------------------------
@@ -171,6 +174,9 @@ class Slots:
     if prefix is None:
       prefix = os.path.join(_shm_root(), f"pdist-ps-{uuid.uuid4().hex}")
     self.prefix, self.shape, self.dtype = prefix, (workers, size), np.dtype(dtype)
+    if mode == "w+":   # the parameters and gradients in transit: this user's only (mode 0600)
+      for name in ("-params", "-grads"):
+        os.close(os.open(prefix + name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     self.params = np.memmap(prefix + "-params", self.dtype, mode, shape=self.shape)
     self.grads = np.memmap(prefix + "-grads", self.dtype, mode, shape=self.shape)
 
@@ -259,7 +265,7 @@ def start_ray(address: str, workers: int, worker_cpus: float, worker_gpus: float
   import logging  # noqa: PLC0415
   import warnings  # noqa: PLC0415
 
-  import ray  # noqa: PLC0415
+  ray = tls.import_ray()   # notes the TLS variables Ray reads once per process
   if ray.is_initialized():
     ray.shutdown()
   quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
@@ -269,8 +275,10 @@ def start_ray(address: str, workers: int, worker_cpus: float, worker_gpus: float
       if address:
         ray.init(address=address, **quiet)
       else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(np.ceil(workers * worker_cpus))),
-                 **quiet)
+        # "local": a new instance even when RAY_ADDRESS or /tmp/ray/ray_current_cluster (left by
+        # a `ray start`, also a stopped one) names another, which ray.init would join instead
+        ray.init(address="local",
+                 num_cpus=max(os.cpu_count() or 1, int(np.ceil(workers * worker_cpus))), **quiet)
   except (ConnectionError, RuntimeError, ValueError) as e:
     raise ConfigError(f"config.ps.ray_address='{address}': could not connect to a Ray cluster "
                       f"({str(e).splitlines()[0] if str(e) else type(e).__name__}; a cluster "
@@ -321,8 +329,10 @@ class RayParameterServer(base.Strategy):
     if pipeline is not None:
       raise ConfigError("config.ps.backend='ray' runs without a gradient pipeline")
     self.config, self.task, self.ps = config, task, config.ps
+    self._tls = tls.RayTLS.from_config(config.ps)   # checked and switched on by start()
     if config.ps.ray_address not in ("", "auto"):
-      _check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes
+      _check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes,
+      self._tls.check_cluster(config.ps.ray_address)   # and one that speaks other TLS too
     simulated = _simulated_fields(config.ps)
     if simulated:
       print(f"pdist: backend=ray runs on real clocks and ignores the simulated-time fields "
@@ -394,6 +404,9 @@ class RayParameterServer(base.Strategy):
 
   def _start(self) -> None:
     begun = time.perf_counter()
+    # before ray.init, so that the instance it starts inherits the variables; refuses TLS this
+    # process's Ray can no longer take (it reads it once per process, at import)
+    self._tls.enable()
     ray = start_ray(self.ps.ray_address, self.K, self.ps.ray_worker_cpus,
                     self.ps.ray_worker_gpus)
     self._ray = ray
@@ -431,6 +444,7 @@ class RayParameterServer(base.Strategy):
       self._actors, self._pending, self._probes, self._down = [], {}, {}, set()
       self._running = False
       ray.shutdown()
+    self._tls.disable()   # after Ray stopped: the environment back, "auto"'s files removed
     if self._slots is not None:
       self._slots.unlink()
       self._slots = None
@@ -663,4 +677,5 @@ class RayParameterServer(base.Strategy):
     return metrics
 
   def describe(self, state) -> dict:
-    return {"ps_backend": "ray", "ray_startup_seconds": self.startup_seconds}
+    return {"ps_backend": "ray", "ray_startup_seconds": self.startup_seconds,
+            "ray_tls": self._tls.mode}
