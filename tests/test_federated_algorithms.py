@@ -204,3 +204,37 @@ def test_a_run_whose_every_round_fails_says_so(tmp_path):
   summary = metrics.read_json(f"{work}/summary.json")
   assert summary["status"] == "stopped" and "all 4 rounds failed" in summary["stopped_because"]
   assert metrics.read(work)[-1]["rounds_failed"] == 4
+
+
+def test_secure_rounds_follow_the_dropout_phases_and_pay_for_the_protocol():
+  """SecAgg+ (a Harary graph) with clients that drop before and after their upload: the secure
+  run equals the plain run with the same dropouts to quantisation (uploads of clients that left
+  after uploading are in both sums), and its simulated time adds the protocol's six messages a
+  round at latency 1 (keys up and down, shares up and down, survivors down, unmasking up)."""
+  fields = dict(federated__clients_per_round=20, federated__dropouts__rate=0.3,
+                federated__dropouts__after_upload=0.5, federated__latency=1.0, train__steps=6)
+  from pdist import train
+  plain = train.run(_config(**fields), None)
+  secure = train.run(_config("tiny,secagg", federated__secagg__graph="harary",
+                             federated__secagg__delta=0.3, **fields), None)
+  f = secure.strategy
+  assert f.secagg.graph == "harary" and (f.secagg.degree, f.secagg.threshold) == (8, 2)
+  phases = f.planner.plan(0, 6).phase
+  assert (phases == 2).any() and (phases == 1).any()       # both kinds of dropout happened
+  last = secure.rows[-1]
+  assert last["rounds_failed"] == 0
+  assert max_diff(plain.params, secure.params) < 1e-3
+  assert last["secagg_sim_time"] == 6 * 6
+  assert last["sim_time"] == pytest.approx(plain.rows[-1]["sim_time"] + 36)
+  assert last["clients_dropped"] == plain.rows[-1]["clients_dropped"] > 0
+  assert last["secagg_bytes_up"] > 0 and last["secagg_bytes_down"] > 0
+
+
+def test_secagg_plus_that_cannot_fit_is_one_sentence():
+  from pdist import config as config_lib
+  with pytest.raises(config_lib.ConfigError, match="graph='harary' with 5 clients a round"):
+    _config("tiny,secagg", federated__secagg__graph="harary", federated__secagg__gamma=0.5,
+            federated__secagg__delta=0.5)
+  with pytest.raises(config_lib.ConfigError, match="threshold applies to graph='complete'"):
+    _config("tiny,secagg", federated__clients_per_round=10, federated__secagg__graph="harary",
+            federated__secagg__threshold=6)

@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from pdist.federated import secagg
 from pdist.privacy import sampling
 from pdist.ps.timing import TimingModel
 
@@ -37,6 +38,7 @@ class Plan:
   sampled: np.ndarray    # bool: the slot holds a sampled client
   survived: np.ndarray   # bool: its upload reached the server in time
   duration: np.ndarray   # [n] simulated time of each round
+  phase: np.ndarray      # int8: secure aggregation's dropout phase of each slot (secagg.py)
 
 
 class RoundPlanner:
@@ -55,6 +57,7 @@ class RoundPlanner:
     self.timing = TimingModel(fed_config, self.num_clients, [bytes_down], [bytes_up], seed)
     self.rate = float(fed_config.dropouts.rate)
     self.scripted = {(int(r), int(c)) for r, c in fed_config.dropouts.at}
+    self.after_upload = float(fed_config.dropouts.after_upload)
     self.deadline = float(fed_config.deadline)
 
   def sample(self, rng: np.random.Generator, r: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +74,8 @@ class RoundPlanner:
 
   def plan(self, first: int, n: int) -> Plan:
     out = Plan(np.zeros((n, self.slots), np.int32), np.zeros((n, self.slots), bool),
-               np.zeros((n, self.slots), bool), np.zeros(n))
+               np.zeros((n, self.slots), bool), np.zeros(n),
+               np.full((n, self.slots), secagg.DROPPED_BEFORE_SHARING, np.int8))
     for i, r in enumerate(range(first, first + n)):
       rng = np.random.default_rng([self.seed, r, SALT])
       ids, sampled = self.sample(rng, r)
@@ -82,9 +86,15 @@ class RoundPlanner:
       if self.scripted:
         quit_ |= np.array([(r, int(c)) in self.scripted for c in real], bool)
       late = (finish > self.deadline) if self.deadline > 0 else np.zeros(len(real), bool)
-      ok = ~quit_ & ~late
+      # a share of the dropouts leave after their upload arrived: counted as uploads
+      after = (quit_ & (rng.random(len(real)) < self.after_upload) if self.after_upload > 0
+               else np.zeros(len(real), bool))
+      ok = (~quit_ | after) & ~late
       out.clients[i], out.sampled[i] = ids, sampled
       out.survived[i, :len(real)] = ok
+      out.phase[i, :len(real)] = np.where(
+          ok, np.where(quit_, secagg.UPLOADED_THEN_DROPPED, secagg.COMPLETED),
+          secagg.ADVERTISED_ONLY)
       if late.any():
         out.duration[i] = self.deadline
       else:

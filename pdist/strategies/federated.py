@@ -46,6 +46,7 @@ from pdist import pipeline as pipeline_lib
 from pdist import privacy as privacy_lib
 from pdist.errors import TrainingError
 from pdist.federated import rounds
+from pdist.federated import secagg as secagg_lib
 from pdist.federated.secagg import SecAggError, SecureAggregation
 from pdist.ps import sharding, timing
 from pdist.registry import (PARTITIONS, STRATEGIES, ConfigError, check_choice,
@@ -69,6 +70,7 @@ def server_optimizer(config):
   tx = optim.fedopt(o.name, optim.schedule(config), tau=float(f.fedopt_tau))
   return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
 DATA_SALT = 0xDA7A
+SECAGG_SALT = 0x5EC       # the generator of a secure round's public choices: fold of (seed, r)
 NOISE_STREAM = 0xFFFFFFFF   # fold_in data no round index reaches: DP noise keys apart from clients
 
 
@@ -90,9 +92,15 @@ def federated_config() -> ml_collections.ConfigDict:
   c.dropouts.at = ()            # ((round, client), ...) scripted dropouts
   c.secure_aggregation = False
   c.secagg = ml_collections.ConfigDict()
-  c.secagg.threshold = 0        # t of Shamir's t-of-n; 0: a majority of clients_per_round
+  c.dropouts.after_upload = 0.0  # share of dropping clients that leave after their upload
+  c.secagg.graph = "complete"   # complete (SecAgg) / harary (SecAgg+: O(log n) neighbours each)
+  c.secagg.threshold = 0        # complete: t of Shamir's t-of-n; 0: a majority of clients_per_round
+  c.secagg.gamma = 0.05         # harary: the share of corrupt clients tolerated
+  c.secagg.delta = 0.05         # harary: the share of dropping clients tolerated
   c.secagg.fraction_bits = 16   # fixed point: updates are scaled by 2^this
   c.secagg.on_failure = "skip"  # fewer survivors than t: skip the round, or stop the run
+  c.secagg.agreement_time = 0.0  # simulated time of one X25519 key agreement (client or server)
+  c.secagg.prg_time = 0.0       # simulated time per ring element of mask expanded (AES-CTR)
   c.fedopt = "reddi"            # server adam/yogi: reddi (the paper's: tau, no bias correction) / optax
   c.fedopt_tau = 1e-3           # the adaptivity tau of Reddi et al. 2021 (fedopt='reddi')
   return c
@@ -101,6 +109,22 @@ def federated_config() -> ml_collections.ConfigDict:
 def threshold(config) -> int:
   f = config.federated
   return int(f.secagg.threshold) or f.clients_per_round // 2 + 1
+
+
+def build_secagg(config, length: int, clients: int, seed: int) -> SecureAggregation:
+  """The protocol config.federated.secagg describes, for uploads of `length` among up to
+  `clients` a round: SecAgg on the complete graph, or SecAgg+ with degree and threshold from
+  secagg.harary_parameters(clients_per_round, gamma, delta). ConfigError if none fits."""
+  sa = config.federated.secagg
+  if sa.graph == "complete":
+    return SecureAggregation(length, clients, threshold(config), sa.fraction_bits, seed=seed)
+  m = config.federated.clients_per_round
+  try:
+    degree, t = secagg_lib.harary_parameters(m, float(sa.gamma), float(sa.delta))
+  except ValueError as e:
+    raise ConfigError(f"config.federated.secagg.graph='harary' with {m} clients a round: {e}")
+  return SecureAggregation(length, clients, t, sa.fraction_bits, graph="harary", degree=degree,
+                           seed=seed)
 
 
 def validate_federated(config) -> None:
@@ -147,7 +171,20 @@ def validate_federated(config) -> None:
   if config.data.partition == "shared":
     raise ConfigError("config.data.partition='shared' gives clients no data of their own; use "
                       "iid, label or dirichlet")
+  if not 0 <= f.dropouts.after_upload <= 1:
+    raise ConfigError(f"config.federated.dropouts.after_upload must be in [0, 1], got "
+                      f"{f.dropouts.after_upload}")
   if f.secure_aggregation:
+    check_choice(config, "federated.secagg.graph", ("complete", "harary"))
+    check_positive(config, "federated.secagg.agreement_time", "federated.secagg.prg_time",
+                   allow_zero=True)
+    if f.secagg.graph == "harary":
+      if f.secagg.threshold:
+        raise ConfigError("config.federated.secagg.threshold applies to graph='complete'; "
+                          "SecAgg+ (graph='harary') derives its threshold per neighbourhood from "
+                          "secagg.gamma and secagg.delta")
+      build_secagg(config, 1, f.clients_per_round, 0)   # raises if no graph fits
+      return
     t = threshold(config)
     if t > f.clients_per_round or t <= f.clients_per_round // 2:
       raise ConfigError(f"config.federated.secagg.threshold={t} must be a majority of "
@@ -215,8 +252,7 @@ class Federated(base.Strategy):
     self.noise = self.privacy.noise() if self.privacy is not None else None
     self.secagg = None
     if f.secure_aggregation:
-      self.secagg = SecureAggregation(self.L, cap or f.clients_per_round, threshold(config),
-                                      f.secagg.fraction_bits)
+      self.secagg = build_secagg(config, self.L, cap or f.clients_per_round, self.seed)
       self.on_failure = f.secagg.on_failure
     # under DP every client's simulated work is the largest client's: then dropouts past the
     # deadline depend on client ids, not on how much data a client holds
@@ -233,7 +269,8 @@ class Federated(base.Strategy):
            "bytes_downloaded": 0, "rounds_failed": 0}
     if self.secagg is not None:
       out.update(secagg_failed_rounds=0, secagg_clipped=0, secagg_client_seconds=0.0,
-                 secagg_server_seconds=0.0)
+                 secagg_server_seconds=0.0, secagg_sim_time=0.0, secagg_bytes_up=0,
+                 secagg_bytes_down=0)
     return out
 
   # -- state ----------------------------------------------------------------------------------------
@@ -386,7 +423,7 @@ class Federated(base.Strategy):
       t["rounds_failed"] += int((plan.survived.sum(axis=1) == 0).sum())
     t["sim_time"] += float(plan.duration.sum())
     t["clients_sampled"] += int(plan.sampled.sum())
-    t["clients_dropped"] += int((plan.sampled & ~plan.survived).sum())
+    t["clients_dropped"] += int((plan.sampled & (plan.phase != secagg_lib.COMPLETED)).sum())
     t["bytes_downloaded"] += int(plan.sampled.sum()) * self.bytes_down
     t["bytes_uploaded"] += int(plan.survived.sum()) * self.bytes_up
 
@@ -400,33 +437,61 @@ class Federated(base.Strategy):
       return state, (metrics, step + num_updates, dict(self.totals))
     rows = []
     for i in range(num_updates):
-      state, row = self._secure_round(state, plan.clients[i], plan.sampled[i], plan.survived[i])
+      state, row = self._secure_round(state, step + i, plan.clients[i], plan.sampled[i],
+                                      plan.phase[i])
       rows.append(row)
     self._account(plan)
     metrics = {k: np.mean([r[k] for r in rows]) for k in rows[0]}
     return state, (metrics, step + num_updates, dict(self.totals))
 
-  def _secure_round(self, state, ids, sampled, survived):
-    """One round whose sum is computed by secure aggregation on the host."""
+  def _secure_round(self, state, r, ids, sampled, phase):
+    """Round r, whose sum is computed by secure aggregation on the host; every client of the
+    round in its dropout phase (rounds.Plan.phase: secagg's codes)."""
     uploads, new_ci, metrics = self._clients_fn(state, ids, sampled.astype(np.float32))
     uploads = np.asarray(uploads)[sampled]
     encoded, clipped = self.secagg.encode(uploads)
+    survived = phase >= secagg_lib.UPLOADED_THEN_DROPPED
+    # which t answers the server unmasks from, SecAgg+'s graph: public randomness of (seed, r)
+    rng = np.random.default_rng([self.seed, r, SECAGG_SALT])
     try:
-      total = self.secagg.decode(self.secagg.sum(encoded, survived[sampled]))
-      cost = self.secagg.last_cost
-      self.totals["secagg_client_seconds"] += cost.client_seconds
-      self.totals["secagg_server_seconds"] += cost.server_seconds
+      total = self.secagg.decode(self.secagg.sum(encoded, phase[sampled], rng))
     except SecAggError as e:
       if self.on_failure == "stop":
-        raise SecAggError(f"round {self.step(state)}: {e} (config.federated.secagg.on_failure="
+        raise SecAggError(f"round {r}: {e} (config.federated.secagg.on_failure="
                           "'stop')") from None
       self.totals["secagg_failed_rounds"] += 1
       self.totals["rounds_failed"] += 1
       total = np.zeros(self.L)
       survived = np.zeros_like(survived)
+    finally:
+      self._account_protocol(self.secagg.last_cost)
     self.totals["secagg_clipped"] += clipped
     state = self._server_fn(state, jnp.asarray(total, jnp.float32), ids, survived, new_ci)
     return state, metrics
+
+  def _account_protocol(self, cost) -> None:
+    """The protocol's messages and work in the round's simulated time: each of its messages
+    (keys up, keys down, shares up, shares down, the survivor list down, unmasking shares up;
+    the masked input is the round's upload, already timed) costs latency + its largest
+    client's bytes / bandwidth; the work is the busiest client's plus the server's, at
+    secagg.agreement_time per X25519 agreement and secagg.prg_time per mask element."""
+    if cost is None:
+      return
+    f, t = self.fed, self.totals
+    bw = float(f.bandwidth)
+    messages = [cost.bytes_up[:, 0], cost.bytes_down[:, 1], cost.bytes_up[:, 1],
+                cost.bytes_down[:, 2], cost.bytes_down[:, 3], cost.bytes_up[:, 3]]
+    network = sum(float(f.latency) + (float(b.max()) / bw if bw > 0 else 0.0)
+                  for b in messages if len(b) and b.max() > 0)
+    at, pt = float(f.secagg.agreement_time), float(f.secagg.prg_time)
+    work = (float((cost.client_key_agreements * at + cost.client_prg_elements * pt).max(initial=0))
+            + cost.server_key_agreements * at + cost.server_prg_elements * pt)
+    t["secagg_sim_time"] += network + work
+    t["sim_time"] += network + work
+    t["secagg_bytes_up"] += int(cost.bytes_up.sum() - cost.bytes_up[:, 2].sum())
+    t["secagg_bytes_down"] += int(cost.bytes_down.sum())
+    t["secagg_client_seconds"] += cost.client_seconds
+    t["secagg_server_seconds"] += cost.server_seconds
 
   def run(self, state, num_updates: int):
     state, pending = self.dispatch(state, num_updates)
