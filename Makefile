@@ -20,8 +20,9 @@ run: $(STAMP)
 	$(PY) -m pdist --config experiments/mnist1d.py:cnn --workdir $(WORKDIR)
 	$(PY) -m pdist.plots $(WORKDIR)
 
+# two workers (the machine's two cores); files that start Ray share one worker (xdist_group)
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 reproduce: $(STAMP)
 	$(PY) -m pdist.reproduce --workdir runs/reproduce

@@ -13,6 +13,9 @@ from conftest import assert_one_clear_line, max_diff, quiet_experiment
 from pdist import replay, strategies, tasks, train
 from pdist.data import load as load_data
 
+# Ray clusters: one xdist worker runs these files, one after another (make test: -n 2)
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 COMMON = dict(optim__momentum=0.9, data__batch_size=16, train__log_every=10, train__eval_every=0,
               train__save_params=False)

@@ -18,6 +18,9 @@ import pytest
 from pdist import tls
 from pdist.registry import ConfigError
 
+# Ray clusters: one xdist worker runs these files, one after another (make test: -n 2)
+pytestmark = pytest.mark.xdist_group("ray")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
