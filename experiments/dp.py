@@ -13,7 +13,8 @@ delta = 1e-5 from dp-accounting's RDP accountant. The sweep runs the non-private
 noise multipliers 0.6, 0.8, 1.2, 2 and 4 (about 2 minutes on 2 CPU cores). Measured numbers are
 in the README.
 Presets: tiny; digits (sklearn digits, 1497 examples, batch 64, 600 updates); nonprivate;
-pld (the tighter PLD accountant, ~2 s a row).
+pld (the tighter PLD accountant, ~2 s a row); classic (RDP with the classic conversion of Abadi
+et al.'s moments accountant, to compare with published tables).
 """
 
 from pdist.config import apply_presets, base_config, tiny
@@ -39,12 +40,17 @@ def _pld(c):
   c.privacy.accountant = "pld"
 
 
+def _classic(c):
+  c.privacy.accountant = "rdp_classic"
+
+
 def _tiny(c):
   tiny(c, steps=20, log_every=10, eval_every=10)
   c.data.batch_size = 32
 
 
-PRESETS = {"tiny": _tiny, "digits": _digits, "nonprivate": _nonprivate, "pld": _pld}
+PRESETS = {"tiny": _tiny, "digits": _digits, "nonprivate": _nonprivate, "pld": _pld,
+           "classic": _classic}
 
 
 def get_config(arg=None):
