@@ -450,7 +450,9 @@ def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
                  strategy=r.config.strategy, steps=r.config.train.steps,
                  resumed_from=r.start_step, status=status, **extra,
                  **r.strategy.describe(r.state))
-  if r.task.describe is not None and r.config.train.seeds == 1:
+  # the task's statistics may read the training data (e.g. a text's unigram entropy): not under DP
+  if (r.task.describe is not None and r.config.train.seeds == 1
+      and r.strategy.privacy is None):
     summary.update(r.task.describe(r.strategy.params(r.state)))
   if r.is_writer:
     summary["provenance"] = workdir_lib.provenance(r.command)

@@ -238,3 +238,42 @@ def test_secagg_plus_that_cannot_fit_is_one_sentence():
   with pytest.raises(config_lib.ConfigError, match="threshold applies to graph='complete'"):
     _config("tiny,secagg", federated__clients_per_round=10, federated__secagg__graph="harary",
             federated__secagg__threshold=6)
+
+
+def test_under_dp_who_takes_part_never_depends_on_how_much_data_clients_hold():
+  """The plan of a DP-FedAvg round (who is sampled, who drops out in which phase) is the same
+  whatever the clients' sizes; a deadline, which would drop clients by their work, is refused."""
+  from pdist import config as config_lib
+  from pdist.federated import rounds
+  c = _config("tiny,dp,secagg", federated__dropouts__rate=0.3,
+              federated__dropouts__after_upload=0.5)
+  sizes = np.full(20, 20)
+  other = sizes.copy()
+  other[3] = 200                      # one client holds ten times the data
+  a = rounds.RoundPlanner(c.federated, sizes, 10, 0, 1, 1).plan(0, 30)
+  b = rounds.RoundPlanner(c.federated, other, 10, 0, 1, 1).plan(0, 30)
+  for field in ("clients", "sampled", "survived", "phase"):
+    assert np.array_equal(getattr(a, field), getattr(b, field)), field
+  with pytest.raises(config_lib.ConfigError, match="deadline with DP-FedAvg"):
+    _config("tiny,dp,secagg", federated__deadline=5.0)
+
+
+def test_a_private_federated_run_logs_only_public_fields(tmp_path):
+  """An allowlist, not a blacklist: every field DP-FedAvg with secure aggregation writes to
+  metrics.jsonl and summary.json is public (the config, the step, public randomness) or computed
+  from the released parameters."""
+  from pdist import metrics, train
+  train.run(_config("tiny,dp,secagg", federated__dropouts__rate=0.2, train__steps=4,
+                    train__log_every=2), str(tmp_path))
+  bookkeeping = {"clients_sampled", "clients_dropped", "bytes_uploaded", "bytes_downloaded",
+                 "rounds_failed", "secagg_failed_rounds", "secagg_client_seconds",
+                 "secagg_server_seconds", "secagg_sim_time", "secagg_bytes_up",
+                 "secagg_bytes_down"}
+  allowed = {"step", "epoch", "epsilon", "steps_per_sec", "wall_time"} | bookkeeping
+  for row in metrics.read(str(tmp_path)):
+    assert {k for k in row if not k.startswith("eval_")} <= allowed, row
+  summary = metrics.read_json(str(tmp_path / "summary.json"))
+  allowed_summary = allowed | {"privacy", "federated", "status", "steps", "strategy",
+                               "resumed_from", "wall_seconds", "updates_per_sec", "provenance"}
+  assert {k for k in summary if not k.startswith("eval_")} <= allowed_summary
+  assert summary["federated"] == {"clients": 20}      # not the clients' sizes

@@ -526,3 +526,15 @@ def test_cost_counts_are_exact_and_match_the_operations_run(monkeypatch):
                 "client_shares_made"):
     assert np.array_equal(getattr(again, field), getattr(cost, field))
   assert again.server_prg_elements == cost.server_prg_elements
+
+
+def test_harary_threshold_is_reachable_by_the_survivors_when_few_clients_are_corrupt():
+  """With gamma n < 1 the corrupt-neighbour bound allows t = 1, but t must still be reached by
+  the surviving neighbours with probability 1 - 2^-20 per client (union over n): scipy's
+  hypergeometric tail, independently of the code's own computation."""
+  from scipy import stats
+  n, gamma, delta = 50, 0.01, 0.1
+  d, t = secagg.harary_parameters(n, gamma, delta)
+  surviving = math.ceil((1 - delta) * n)
+  # Bell et al.'s correctness condition as the code states it: P[surviving neighbours < t] < q
+  assert n * stats.hypergeom(n, surviving, d).cdf(t - 1) < 2 ** -20, (d, t)

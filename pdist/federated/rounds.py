@@ -44,16 +44,13 @@ class Plan:
 class RoundPlanner:
 
   def __init__(self, fed_config, sizes: np.ndarray, batch_size: int, seed: int,
-               bytes_down: int, bytes_up: int, poisson_cap: int | None = None,
-               uniform_work: bool = False):
+               bytes_down: int, bytes_up: int, poisson_cap: int | None = None):
     self.num_clients = len(sizes)
     self.m = int(fed_config.clients_per_round)
     self.seed = seed
     self.cap = poisson_cap
     self.slots = poisson_cap if poisson_cap is not None else self.m
     self.steps = fed_config.local_epochs * -(-np.asarray(sizes) // batch_size)
-    if uniform_work:   # every client's time as the largest client's (DP: see privacy.DPFedAvg)
-      self.steps = np.full_like(self.steps, self.steps.max())
     self.timing = TimingModel(fed_config, self.num_clients, [bytes_down], [bytes_up], seed)
     self.rate = float(fed_config.dropouts.rate)
     self.scripted = {(int(r), int(c)) for r, c in fed_config.dropouts.at}

@@ -231,7 +231,7 @@ def harary_parameters(n: int, gamma: float, delta: float, sigma: float = 40,
     # (iii): t2 = 1 + max{y : Pr[surviving neighbours <= y] < q}; t <= t2
     cdf = np.cumsum(pmf(surviving, d))
     t2 = int(np.flatnonzero(cdf < math.exp(log_q_cor)).max(initial=-1)) + 1
-    if t2 > t1:
+    if t2 >= max(t1 + 1, 2):      # the threshold returned must itself meet (iii)
       return d, max(t1 + 1, 2)
   raise ValueError(f"no Harary graph of degree below {n - 1} meets the conditions for n={n}, "
                    f"gamma={gamma}, delta={delta}; use the complete graph")
@@ -353,6 +353,9 @@ class SecureAggregation:
   def encode(self, x: np.ndarray) -> tuple[np.ndarray, int]:
     """Float updates [k, length] -> (ring elements uint32 [k, length], coordinates clipped)."""
     x = np.asarray(x, np.float64)
+    if not np.all(np.isfinite(x)):
+      raise SecAggError("secure aggregation: a client's update is not finite (NaN or inf); it "
+                        "cannot be encoded in fixed point, and the round would sum a wrong value")
     q = np.rint(x * self.scale)
     clipped = int(np.count_nonzero(np.abs(q) > self.int_bound))
     q = np.clip(q, -self.int_bound, self.int_bound).astype(np.int64)

@@ -27,7 +27,8 @@ Truncated Poisson batches under `rdp` / `rdp_classic`. A batch is cut to `cap` r
 are drawn (privacy/sampling.py). The accountants above bound the untruncated mechanism M~; the run
 is the truncated M. Over T steps the two can be coupled (same draws) so that they differ only when
 some step overflows, so for every dataset D the total variation distance between M(D) and M~(D) is
-at most eta = T * P(overflow). Then for every set S of outcomes and neighbours D, D':
+at most eta = T * P(overflow), P(overflow) taken for the larger neighbour (n + 1 records) so that
+it bounds both. Then for every set S of outcomes and neighbours D, D':
     P[M(D) in S] <= P[M~(D) in S] + eta <= e^eps P[M~(D') in S] + delta + eta
                  <= e^eps (P[M(D') in S] + eta) + delta + eta,
 so M is (eps, delta + (1 + e^eps) eta)-DP. That is `truncation_delta` = (1 + e^eps) T P(overflow),
@@ -106,7 +107,8 @@ class Accountant:
     if sample_size is not None and kind == "pld":
       raise ConfigError("config.privacy.accountant='pld' does not account sampling without "
                         "replacement (replace-one); use 'rdp' or 'rdp_classic'")
-    self.overflow = overflow_probability(n, q, cap) if cap is not None else 0.0
+    # the coupling must hold for both neighbours: the larger one (n + 1 records) overflows more
+    self.overflow = overflow_probability(n + 1, q, cap) if cap is not None else 0.0
     self._cache: dict[int, float] = {}
 
   @property

@@ -78,7 +78,7 @@ def federated_config() -> ml_collections.ConfigDict:
   """config.federated: clients, the local work, the algorithm, simulated time and faults."""
   c = ml_collections.ConfigDict()
   c.clients = 100
-  c.clients_per_round = 10      # sampled without replacement each round (DP: the expected number)
+  c.clients_per_round = 10      # sampled without replacement (DP-FedAvg without secagg: the expected number)
   c.local_epochs = 1            # passes over its own examples each sampled client makes
   c.client_lr = 0.1             # the clients' SGD; config.optim is the server's optimizer
   c.client_momentum = 0.0
@@ -160,6 +160,11 @@ def validate_federated(config) -> None:
     raise ConfigError("config.federated.algorithm='scaffold' with DP-FedAvg is not private: its "
                       "control variates carry client data that is neither clipped nor noised; "
                       "use fedavg or fedprox")
+  if f.deadline > 0 and config.privacy.mechanism == "dpfedavg":
+    raise ConfigError("config.federated.deadline with DP-FedAvg would drop clients by how long "
+                      "their local work takes, i.e. by how much data they hold, so who takes part "
+                      "would depend on private data; leave the deadline at 0 (dropouts.rate and "
+                      "dropouts.at stay available)")
   if f.algorithm == "scaffold" and f.client_momentum:
     raise ConfigError("config.federated.algorithm='scaffold' uses plain local SGD (its control "
                       "variate update assumes it); leave config.federated.client_momentum at 0")
@@ -176,6 +181,9 @@ def validate_federated(config) -> None:
                       f"{f.dropouts.after_upload}")
   if f.secure_aggregation:
     check_choice(config, "federated.secagg.graph", ("complete", "harary"))
+    if not 1 <= f.secagg.fraction_bits <= 24:
+      raise ConfigError(f"config.federated.secagg.fraction_bits must be in [1, 24], got "
+                        f"{f.secagg.fraction_bits}")
     check_positive(config, "federated.secagg.agreement_time", "federated.secagg.prg_time",
                    allow_zero=True)
     if f.secagg.graph == "harary":
@@ -254,11 +262,10 @@ class Federated(base.Strategy):
     if f.secure_aggregation:
       self.secagg = build_secagg(config, self.L, cap or f.clients_per_round, self.seed)
       self.on_failure = f.secagg.on_failure
-    # under DP every client's simulated work is the largest client's: then dropouts past the
-    # deadline depend on client ids, not on how much data a client holds
+    # under DP there is no deadline (validate_federated): dropouts depend on public randomness
+    # and client ids only, never on how much data a client holds
     self.planner = rounds.RoundPlanner(f, self.sizes, self.batch, self.seed, self.bytes_down,
-                                       self.bytes_up, poisson_cap=cap,
-                                       uniform_work=self.privacy is not None)
+                                       self.bytes_up, poisson_cap=cap)
     self.totals = self._zero_totals()
     self._chunk = jax.jit(self._run_chunk, donate_argnums=(0,))
     self._clients_fn = jax.jit(self._clients)
@@ -362,6 +369,9 @@ class Federated(base.Strategy):
     else:
       delta, new_ci, sums = jax.vmap(one)((ids, ci))
     if self.privacy is not None:      # DP-FedAvg: clip each client's change, weigh clients alike
+      # a non-finite change (a client whose local training diverged) counts as no change: one
+      # client must not be able to stop the run or poison the sum (sensitivity stays C)
+      delta = jnp.where(jnp.all(jnp.isfinite(delta), axis=1, keepdims=True), delta, 0.0)
       norm = jnp.linalg.norm(delta, axis=1, keepdims=True)
       delta = delta * jnp.minimum(1.0, self.privacy.clip_norm / jnp.maximum(norm, 1e-12))
       weight = jnp.ones(len(ids), jnp.float32)
@@ -506,6 +516,8 @@ class Federated(base.Strategy):
     return out
 
   def check_finished(self, state) -> None:
+    if self.privacy is not None and not self.privacy.fixed_size:
+      return    # under Poisson sampling how many rounds were empty depends on who was drawn
     step = self.step(state)
     if step and self.totals["rounds_failed"] >= step:
       raise NoTraining(f"all {step} rounds failed ({self._failure_cause()}): the parameters never "
@@ -525,13 +537,17 @@ class Federated(base.Strategy):
     dropped out are independent of the clients' data, so the round bookkeeping is public; under
     Poisson sampling the number of clients drawn is not."""
     if self.privacy is not None and self.privacy.fixed_size:
-      return tuple(self._zero_totals())
+      # not sim_time (clients' work depends on their data) nor secagg_clipped (coordinates of
+      # private updates beyond the fixed-point range)
+      private = {"sim_time", "secagg_clipped"}
+      return tuple(k for k in self._zero_totals() if k not in private)
     return ()
 
   def describe(self, state) -> dict:
     out = {"federated": {"clients": self.N, "client_sizes": [int(self.sizes.min()),
                                                             int(self.sizes.max())],
                          "local_steps_padded": self.fed.local_epochs * self.steps_per_epoch}}
-    if self.privacy is not None:
+    if self.privacy is not None:    # the clients' sizes are their data: not released under DP
+      out["federated"] = {"clients": self.N}
       out["privacy"] = self.privacy.describe(self.step(state))
     return out
