@@ -16,11 +16,16 @@ summary.json says so.
 
 Clipping and noise run in float32 whatever config.model.dtype is (a bfloat16 model's per-example
 gradients are cast to float32 before their norms are taken): bfloat16 norms let a clipped gradient
-exceed C, and bfloat16 noise takes a handful of values, which no Gaussian analysis covers.
+exceed C, and bfloat16 noise takes a handful of values, which no Gaussian analysis covers. Float32
+noise is not exactly Gaussian either: jax.random.normal's support is bounded (about +-5.4 sigma),
+which every DP-SGD implementation shares and the reported delta does not include (Mironov 2012;
+Jin et al. 2022 on floating-point DP).
 
 What a run releases, and under what protection (STATISTICS below; summary.json lists it too):
-- protected by epsilon: the parameters at every step, checkpoints, and the eval metrics on the
-  test set computed from them (the test set itself is not protected);
+- protected by epsilon: the parameters at every step and the eval metrics on the test set
+  computed from them (the test set itself is not protected). The workdir as a whole is not a
+  private release: config.json holds train.seed and checkpoints hold the step key, from which the
+  sampling and the noise can be regenerated (see the seed below);
 - not protected, and so withheld from metrics.jsonl, TensorBoard, the progress bar and
   summary.json unless config.privacy.release_train_stats=True: the training loss and accuracy on
   the private batches, `batch_fill` (the exact sampled batch size over the expected one) and
@@ -270,7 +275,8 @@ class DPSGD:
 class DPFedAvg(DPSGD):
   """User-level DP for federated learning (DP-FedAvg, McMahan et al. 2018): the record is a
   *client*. Each round samples every client independently with probability
-  q = clients_per_round / clients (Poisson, padded to a cap like DP-SGD's batches), clips each
+  q = clients_per_round / clients (Poisson, padded to a cap like DP-SGD's batches; with secure
+  aggregation a fixed number, see below), clips each
   client's model update to clip_norm, sums, adds N(0, (sigma C)^2) once to the sum, and divides by
   the expected count q N. The accountant is DP-SGD's with clients in place of examples and rounds
   in place of steps (add or remove one client). The strategy (strategies/federated.py) does the
@@ -288,7 +294,10 @@ class DPFedAvg(DPSGD):
   sensitivity is 2C plus the fixed-point rounding of secure aggregation (sqrt(d) / 2^fraction_bits
   for d parameters: each coordinate of each upload is rounded by at most half a unit), and the
   accountant is dp-accounting's sampled-without-replacement Gaussian (Wang, Balle and
-  Kasiviswanathan 2019) under REPLACE_ONE, at noise multiplier sigma C / sensitivity.
+  Kasiviswanathan 2019) under REPLACE_ONE, at noise multiplier sigma C / sensitivity. The
+  server adds the noise after unmasking: secure aggregation hides each update from the server,
+  which sees the round's noiseless sum; the DP guarantee covers what is released (the model).
+  A deadline is refused under DP: it would drop clients by how much data they hold.
   """
 
   name = "dpfedavg"
