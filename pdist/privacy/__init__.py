@@ -254,11 +254,14 @@ class DPSGD:
     if self.poisson:
       out.update(batch_cap=self.cap, overflow_probability=self.accountant.overflow,
                  truncation_delta=truncation)
-    out.update(delta_total=delta_total,
-               delta_covers=self.delta_covers(),
-               guarantee=f"({eps:.4g}, {delta_total:.3g})-DP for each {self.unit} "
-                         f"({self.accountant.relation.replace('record', self.unit)}), "
-                         f"accountant {self.kind}")
+    out.update(delta_total=min(delta_total, 1.0), delta_covers=self.delta_covers())
+    if delta_total >= 1.0:   # e.g. epsilon so large that the truncation term exceeds 1
+      out["guarantee"] = (f"none: delta_total = delta + truncation_delta >= 1 at epsilon "
+                          f"{eps:.4g} (add noise, or use the pld accountant)")
+      return out
+    out["guarantee"] = (f"({eps:.4g}, {delta_total:.3g})-DP for each {self.unit} "
+                        f"({self.accountant.relation.replace('record', self.unit)}), "
+                        f"accountant {self.kind}")
     return out
 
   def delta_covers(self) -> str:
