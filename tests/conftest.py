@@ -9,7 +9,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # one persistent compilation cache for the whole session, shared with the subprocesses the
 # tests start (it cuts a subprocess run of a tiny config from ~7 s to ~4 s)
 import tempfile  # noqa: E402
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="pdist_test_jax_cache_")
+# (under pytest-xdist the workers of one run share it: each compiles what the other has not)
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+  _CACHE = os.path.join(tempfile.gettempdir(), f"pdist_test_jax_cache_{_RUN}")
+  os.makedirs(_CACHE, exist_ok=True)
+else:
+  _CACHE = tempfile.mkdtemp(prefix="pdist_test_jax_cache_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
