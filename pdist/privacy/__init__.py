@@ -162,7 +162,6 @@ class DPSGD:
     self.sampling, self.kind = p.sampling, p.accountant
     self.q = self.batch_size / num_train
     self.release_train_stats = bool(p.release_train_stats)
-    # the cap: T x P(overflow) <= 1e-4 delta, so truncation_delta stays below delta / 10
     self.cap = self._cap(config, shards)
     self.accountant = self._accountant(config)
     if p.target_epsilon > 0:
@@ -244,7 +243,7 @@ class DPSGD:
            "accountant_description": self.accountant.description, "sampling": self.sampling,
            "sampling_rate": self.q, "noise_multiplier": self.noise_multiplier,
            "clip_norm": self.clip_norm, "clipping": getattr(self, "method", "vmap"),
-           "statistics": {k: v for k, v in STATISTICS.items()},
+           "statistics": dict(STATISTICS),
            "train_stats_released": self.release_train_stats}
     if not self.guaranteed:
       out["guarantee"] = ("none: fixed shuffled batches; epsilon_if_poisson is what Poisson "

@@ -55,6 +55,9 @@ from pdist.strategies import base
 from pdist.tasks import Task
 
 ALGORITHMS = ("fedavg", "fedprox", "scaffold")
+DATA_SALT = 0xDA7A
+SECAGG_SALT = 0x5EC       # the generator of a secure round's public choices: fold of (seed, r)
+NOISE_STREAM = 0xFFFFFFFF   # fold_in data no round index reaches: DP noise keys apart from clients
 
 
 class NoTraining(TrainingError):
@@ -69,9 +72,6 @@ def server_optimizer(config):
     return optim.build(config)
   tx = optim.fedopt(o.name, optim.schedule(config), tau=float(f.fedopt_tau))
   return optax.chain(optax.clip_by_global_norm(o.grad_clip), tx) if o.grad_clip > 0 else tx
-DATA_SALT = 0xDA7A
-SECAGG_SALT = 0x5EC       # the generator of a secure round's public choices: fold of (seed, r)
-NOISE_STREAM = 0xFFFFFFFF   # fold_in data no round index reaches: DP noise keys apart from clients
 
 
 def federated_config() -> ml_collections.ConfigDict:
@@ -90,9 +90,9 @@ def federated_config() -> ml_collections.ConfigDict:
   c.dropouts = ml_collections.ConfigDict()
   c.dropouts.rate = 0.0         # probability that a sampled client drops out mid-round
   c.dropouts.at = ()            # ((round, client), ...) scripted dropouts
+  c.dropouts.after_upload = 0.0  # share of dropping clients that leave after their upload
   c.secure_aggregation = False
   c.secagg = ml_collections.ConfigDict()
-  c.dropouts.after_upload = 0.0  # share of dropping clients that leave after their upload
   c.secagg.graph = "complete"   # complete (SecAgg) / harary (SecAgg+: O(log n) neighbours each)
   c.secagg.threshold = 0        # complete: t of Shamir's t-of-n; 0: a majority of clients_per_round
   c.secagg.gamma = 0.05         # harary: the share of corrupt clients tolerated
@@ -198,9 +198,6 @@ def validate_federated(config) -> None:
       raise ConfigError(f"config.federated.secagg.threshold={t} must be a majority of "
                         f"config.federated.clients_per_round={f.clients_per_round} and at most "
                         f"it: in ({f.clients_per_round // 2}, {f.clients_per_round}]")
-    if not 1 <= f.secagg.fraction_bits <= 24:
-      raise ConfigError(f"config.federated.secagg.fraction_bits must be in [1, 24], got "
-                        f"{f.secagg.fraction_bits}")
   elif f.secagg.to_dict() != federated_config().secagg.to_dict():
     raise ConfigError("config.federated.secagg.* applies only with "
                       "config.federated.secure_aggregation=True")
@@ -526,8 +523,12 @@ class Federated(base.Strategy):
   def _failure_cause(self) -> str:
     f = self.fed
     if self.secagg is not None:
+      if self.secagg.graph == "harary":
+        return (f"a neighbourhood had fewer than SecAgg+'s threshold {self.secagg.threshold} of "
+                f"its {self.secagg.degree + 1} clients answering; lower "
+                "config.federated.dropouts.rate or raise config.federated.secagg.delta")
       return (f"fewer than the secure-aggregation threshold {self.secagg.threshold} of the "
-              f"{self.fed.clients_per_round} clients a round survived; lower "
+              f"{f.clients_per_round} clients a round survived; lower "
               "config.federated.dropouts.rate or config.federated.secagg.threshold")
     return ("no client's upload reached the server; lower config.federated.dropouts.rate"
             + (" or raise config.federated.deadline" if f.deadline > 0 else ""))
