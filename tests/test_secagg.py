@@ -359,7 +359,10 @@ def test_shamir_polynomials_are_fresh_for_every_chunk_and_owner():
   secrets)."""
   zeros = np.zeros((2000, shamir.CHUNKS), np.int64)
   shares = shamir.split(zeros, 3, np.asarray([1, 2]))          # t - 1 = 2 shares each
-  assert len(np.unique(shares[:, 0])) == shares[:, 0].size     # f(1) = c1 + c2: all distinct
+  # f(1) = c1 + c2: distinct but for chance collisions of uniform values in GF(2^31 - 1) (18,000
+  # values: 0.075 expected, more than 3 with probability ~1e-6); a polynomial shared by chunks or
+  # owners would repeat values thousands of times
+  assert shares[:, 0].size - len(np.unique(shares[:, 0])) <= 3
   assert stats.chisquare(np.bincount(shares.ravel() % 256, minlength=256)).pvalue > 1e-4
   secret = np.asarray([[5, 9]])
   for _ in range(20):                                          # chunk differences stay hidden
