@@ -1,6 +1,6 @@
 """A finished run read back from its workdir: its config (config.json) and final parameters
 (params.npz, written with --config.train.save_params=true), rebuilt into its task's parameter
-tree. Used by distillation (the teacher) and by `python -m pdist.quantize`."""
+tree. Used by distillation (`load_teacher`) and by `python -m pdist.quantize`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pdist import config as config_lib
+from pdist import data, tasks
 from pdist.registry import ConfigError
 
 
 def load_config(workdir: str):
   """The run's config: the schema's defaults with config.json's values written in."""
-  from pdist import config as config_lib
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ConfigError(f"'{workdir}' is not a pdist workdir (no config.json)")
@@ -29,7 +30,6 @@ def load_config(workdir: str):
 def load_finished(workdir: str, dataset=None):
   """(config, task, params) of the finished run in `workdir`; the task is built on `dataset`
   (default: the run's own data)."""
-  from pdist import data, tasks
   config = load_config(workdir)
   path = os.path.join(workdir, "params.npz")
   if not os.path.exists(path):
@@ -51,6 +51,29 @@ def load_finished(workdir: str, dataset=None):
                         "shape): the workdir is damaged or from another pdist version")
     values.append(jnp.asarray(stored[key], leaf.dtype))
   return config, task, jax.tree_util.tree_unflatten(treedef, values)
+
+
+def load_teacher(config, dataset):
+  """The teacher in config.distill.teacher (a tasks.Teacher), checked against the student's data:
+  the same dataset (and context length)."""
+  workdir = config.distill.teacher
+  where = f"config.distill.teacher='{workdir}'"
+  try:
+    teacher = load_config(workdir)
+  except ConfigError:
+    raise ConfigError(f"{where} is not a pdist workdir (no config.json)") from None
+  if teacher.data.name != config.data.name or (
+      teacher.data.name == "numpy_docs" and teacher.data.seq_len != config.data.seq_len):
+    raise ConfigError(f"{where} was trained on config.data.name='{teacher.data.name}', not "
+                      f"'{config.data.name}': its predictions do not fit this task")
+  if dataset.kind not in ("classification", "language"):
+    raise ConfigError("config.distill applies to classification and language tasks (soft "
+                      f"targets), not '{dataset.kind}'")
+  try:
+    teacher_config, _, params = load_finished(workdir, dataset)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+  return tasks.Teacher(teacher_config, jax.tree.map(np.asarray, params))
 
 
 def _update(config, values: dict) -> None:

@@ -4,7 +4,8 @@ finished teacher's softened predictions.
     --config.distill.teacher=runs/teacher --config.distill.temperature=4 --config.distill.weight=0.7
 
 The teacher is a finished pdist workdir: its config.json (the model) and its params.npz (written
-by `--config.train.save_params=true`). Per example,
+by `--config.train.save_params=true`), read by `artifacts.load_teacher` and handed to
+`tasks.build`. Per example,
 
     loss = (1 - weight) CE(labels, z_s) + weight T^2 KL(softmax(z_t / T) || softmax(z_s / T))
 
@@ -53,27 +54,3 @@ def soft_loss(student_logits, teacher_logits, temperature: float):
   t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   return temperature ** 2 * jnp.sum(jnp.exp(t) * (t - s), axis=-1)
-
-
-def load_teacher(config, dataset):
-  """(apply_fn, params) of the teacher in config.distill.teacher, checked against the student's
-  data: the same dataset (and context length)."""
-  from pdist import artifacts
-  workdir = config.distill.teacher
-  where = f"config.distill.teacher='{workdir}'"
-  try:
-    teacher = artifacts.load_config(workdir)
-  except ConfigError:
-    raise ConfigError(f"{where} is not a pdist workdir (no config.json)") from None
-  if teacher.data.name != config.data.name or (
-      teacher.data.name == "numpy_docs" and teacher.data.seq_len != config.data.seq_len):
-    raise ConfigError(f"{where} was trained on config.data.name='{teacher.data.name}', not "
-                      f"'{config.data.name}': its predictions do not fit this task")
-  if dataset.kind not in ("classification", "language"):
-    raise ConfigError("config.distill applies to classification and language tasks (soft "
-                      f"targets), not '{dataset.kind}'")
-  try:
-    _, task, params = artifacts.load_finished(workdir, dataset)
-  except ConfigError as e:
-    raise ConfigError(f"{where}: {e}") from None
-  return task.apply, params

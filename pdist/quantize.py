@@ -24,48 +24,11 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-LEVELS = 127
-
-
-def quantizable(leaf) -> bool:
-  return leaf.ndim >= 2
-
-
-def quantize(w):
-  """(int8 values, float32 per-output-channel scales) of a weight array."""
-  axes = tuple(range(w.ndim - 1))
-  scale = jnp.max(jnp.abs(w), axis=axes, keepdims=True) / LEVELS
-  scale = jnp.where(scale > 0, scale, 1.0)
-  q = jnp.clip(jnp.round(w / scale), -LEVELS, LEVELS).astype(jnp.int8)
-  return q, scale.astype(jnp.float32)
-
-
-def dequantize(q, scale):
-  return q.astype(jnp.float32) * scale
-
-
-def fake_quantize(params):
-  """Every quantizable leaf replaced by its int8 round trip, with a straight-through gradient."""
-  def one(w):
-    if not quantizable(w):
-      return w
-    rounded = dequantize(*quantize(w)).astype(w.dtype)
-    return w + jax.lax.stop_gradient(rounded - w)
-  return jax.tree.map(one, params)
-
-
-def size_bytes(params, int8: bool) -> int:
-  total = 0
-  for leaf in jax.tree.leaves(params):
-    if int8 and quantizable(leaf):
-      total += leaf.size + 4 * leaf.shape[-1]        # int8 values + one float32 scale a channel
-    else:
-      total += leaf.size * 4
-  return total
-
+# the quantisation itself lives with the models (tasks' QAT forward pass uses it)
+from pdist.models.int8 import (LEVELS, dequantize, fake_quantize, quantizable,  # noqa: F401
+                              quantize, size_bytes)
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pdist.quantize", description=__doc__.split(

@@ -53,7 +53,9 @@ def replay(workdir: str):
                       "--config.ps.backend=ray; nothing to replay")
   records = read_trace(workdir)
   config.ps.ray_address = ""                            # the replay needs no cluster
-  task = tasks.build(config, data.load(config.data))
+  dataset = data.load(config.data)
+  teacher = artifacts.load_teacher(config, dataset) if config.distill.teacher else None
+  task = tasks.build(config, dataset, teacher)
   strategy = RayParameterServer(config, task)          # its server; no Ray is started
   strategy._load(strategy.init(jax.random.PRNGKey(config.train.seed)))
   server = strategy.server

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pdist import models
+from pdist import distill, models
 from pdist.data import Dataset
+from pdist.models.int8 import fake_quantize
 
 Params = Any
 Batch = dict[str, jnp.ndarray] | None
@@ -40,10 +41,20 @@ class Task:
   apply: Callable[[Params, jnp.ndarray], jnp.ndarray] | None = None
   per_example_loss: PerExample | None = None
   describe: Callable[[Params], dict] | None = None   # extra summary.json fields at the end
+  teacher: "Teacher | None" = None   # the distillation teacher the loss was built with
 
   @property
   def has_data(self) -> bool:
     return self.dataset.x_train is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A finished run that a student distils from (config.distill): the run's config and its final
+  parameters (numpy arrays, so that a teacher travels to Ray workers). Read from a workdir by
+  `artifacts.load_teacher`."""
+  config: Any
+  params: Params
 
 
 def batch_mean(per_example: PerExample):
@@ -137,8 +148,13 @@ def _quadratic_task(config, dataset: Dataset) -> Task:
   return Task("quadratic", jax.jit(init), quadratic_loss, evaluate, dataset)
 
 
-def build(config, dataset: Dataset) -> Task:
-  """The task for `config` on `dataset` (see pdist.data.load)."""
+def build(config, dataset: Dataset, teacher: Teacher | None = None) -> Task:
+  """The task for `config` on `dataset` (see pdist.data.load).
+
+  With config.distill.teacher set, the training loss mixes in `teacher`'s soft targets
+  (distill.py); without a `teacher` the task is the plain one (enough to evaluate a finished run).
+  Training entry points pass `artifacts.load_teacher(config, dataset)`.
+  """
   if dataset.kind == "quadratic":
     return _quadratic_task(config, dataset)
   classification = dataset.kind in ("classification", "language")
@@ -152,8 +168,7 @@ def build(config, dataset: Dataset) -> Task:
     return module.init(rng, sample)["params"]
 
   def apply_fn(params, x):
-    if config.model.qat:   # quantisation-aware: the forward pass sees int8 weights (quantize.py)
-      from pdist.quantize import fake_quantize
+    if config.model.qat:   # quantisation-aware: the forward pass sees int8 weights (models/int8.py)
       params = fake_quantize(params)
     return module.apply({"params": params}, x)
 
@@ -166,8 +181,8 @@ def build(config, dataset: Dataset) -> Task:
   plain = batch_mean(per_example_loss)
   evaluate = _evaluator(plain, dataset.x_test, dataset.y_test)
   on_train = _evaluator(plain, dataset.x_train, dataset.y_train)
-  if config.distill.teacher:   # train on labels and the teacher's soft targets (distill.py)
-    per_example_loss = _distilled(config, dataset, apply_fn)
+  if config.distill.teacher and teacher is not None:   # labels and soft targets (distill.py)
+    per_example_loss = _distilled(config, dataset, apply_fn, teacher)
   loss = batch_mean(per_example_loss)
   optimum = None
   if dataset.kind == "regression" and config.model.name == "linear":
@@ -190,7 +205,8 @@ def build(config, dataset: Dataset) -> Task:
 
   # jitted: Flax's init run op by op would compile dozens of small kernels
   return Task(dataset.kind, jax.jit(init), loss, evaluate_all, dataset, apply=apply_fn,
-              per_example_loss=per_example_loss, describe=describe)
+              per_example_loss=per_example_loss, describe=describe,
+              teacher=teacher if config.distill.teacher else None)
 
 
 def _language_describe(apply_fn, dataset, length: int = 300, temperature: float = 0.8):
@@ -216,10 +232,12 @@ def _language_describe(apply_fn, dataset, length: int = 300, temperature: float 
   return describe
 
 
-def _distilled(config, dataset, apply_fn) -> PerExample:
+def _distilled(config, dataset, apply_fn, teacher: Teacher) -> PerExample:
   """(1 - w) CE(labels) + w T^2 KL(teacher || student), per example (see distill.py)."""
-  from pdist import distill
-  teacher_apply, teacher_params = distill.load_teacher(config, dataset)
+  teacher_task = build(teacher.config, dataset)
+  teacher_apply = teacher_task.apply
+  abstract = jax.eval_shape(teacher_task.init, jax.random.PRNGKey(0))
+  teacher_params = jax.tree.map(lambda v, a: jnp.asarray(v, a.dtype), teacher.params, abstract)
   temperature, weight = float(config.distill.temperature), float(config.distill.weight)
   scores = language_scores if dataset.kind == "language" else classification_scores
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pdist import config as config_lib
-from pdist import data, metrics, strategies, tasks
+from pdist import artifacts, data, metrics, strategies, tasks
 from pdist import workdir as workdir_lib
 from pdist.errors import TrainingError
 
@@ -220,7 +220,8 @@ def _prepare(config, workdir: str | None, pipeline=None) -> _Run:
 
 def _build(config, workdir, is_writer, log, pipeline, lock) -> _Run:
   dataset = data.load(config.data)
-  task = tasks.build(config, dataset)
+  teacher = artifacts.load_teacher(config, dataset) if config.distill.teacher else None
+  task = tasks.build(config, dataset, teacher)
   strategy = strategies.build(config, task, pipeline=pipeline)
   state = strategy.init(jax.random.PRNGKey(config.train.seed))
   return _Run(config, workdir, is_writer, log, dataset, task, strategy, state, lock=lock)

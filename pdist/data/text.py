@@ -26,7 +26,7 @@ MIN_DOCSTRING = 200
 def numpy_docs() -> bytes:
   """The corpus: NumPy's docstrings (files and nodes in a fixed order), UTF-8."""
   import numpy
-  from pdist.data.datasets import cache_dir
+  from pdist.data.base import cache_dir
   path = os.path.join(cache_dir(), f"numpy_docs-{numpy.__version__}.txt")
   if os.path.exists(path):
     with open(path, "rb") as f:
@@ -75,7 +75,7 @@ def windows(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def language_dataset(seq_len: int):
-  from pdist.data.datasets import Dataset
+  from pdist.data.base import Dataset
   train, valid = split(numpy_docs())
   if not 2 <= seq_len < len(valid):
     raise ConfigError(f"config.data.seq_len={seq_len} must be in [2, {len(valid) - 1}] (the "

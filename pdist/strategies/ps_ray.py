@@ -194,13 +194,13 @@ class Slots:
 class _WorkerProcess:
   """The body of a Ray actor: one worker, built from the config and the dataset."""
 
-  def __init__(self, config, worker: int, slots: tuple | None = None):
+  def __init__(self, config, worker: int, slots: tuple | None = None, teacher=None):
     if config.ps.ray_worker_gpus:  # a share of a GPU (Ray sets CUDA_VISIBLE_DEVICES): no JAX
       os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # preallocation
     else:  # CPU workers stay off any GPU of the host (each would preallocate most of it)
       os.environ["JAX_PLATFORMS"] = "cpu"
     from pdist import data, tasks  # noqa: PLC0415
-    task = tasks.build(config, data.load(config.data))
+    task = tasks.build(config, data.load(config.data), teacher)   # the driver's teacher, if any
     self.id = worker
     self.worker = workers_of(config, task, [worker])[worker]
     abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
@@ -423,7 +423,7 @@ class RayParameterServer(base.Strategy):
       else:
         self._slots = Slots(self.K, size, self._flat.dtype)
     spec = None if self._slots is None else self._slots.spec()
-    self._actors = [actor.remote(self.config, k, spec) for k in range(self.K)]
+    self._actors = [actor.remote(self.config, k, spec, self.task.teacher) for k in range(self.K)]
     try:
       ray.get([a.ready.remote() for a in self._actors])
     except ray.exceptions.RayError as e:

@@ -1,0 +1,48 @@
+"""int8 weight quantisation, per output channel and symmetric: the math behind `model.qat`
+(quantisation-aware training, used in tasks' forward pass) and `python -m pdist.quantize`
+(post-training, quantize.py; its docstring describes the scheme).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LEVELS = 127
+
+
+def quantizable(leaf) -> bool:
+  return leaf.ndim >= 2
+
+
+def quantize(w):
+  """(int8 values, float32 per-output-channel scales) of a weight array."""
+  axes = tuple(range(w.ndim - 1))
+  scale = jnp.max(jnp.abs(w), axis=axes, keepdims=True) / LEVELS
+  scale = jnp.where(scale > 0, scale, 1.0)
+  q = jnp.clip(jnp.round(w / scale), -LEVELS, LEVELS).astype(jnp.int8)
+  return q, scale.astype(jnp.float32)
+
+
+def dequantize(q, scale):
+  return q.astype(jnp.float32) * scale
+
+
+def fake_quantize(params):
+  """Every quantizable leaf replaced by its int8 round trip, with a straight-through gradient."""
+  def one(w):
+    if not quantizable(w):
+      return w
+    rounded = dequantize(*quantize(w)).astype(w.dtype)
+    return w + jax.lax.stop_gradient(rounded - w)
+  return jax.tree.map(one, params)
+
+
+def size_bytes(params, int8: bool) -> int:
+  total = 0
+  for leaf in jax.tree.leaves(params):
+    if int8 and quantizable(leaf):
+      total += leaf.size + 4 * leaf.shape[-1]        # int8 values + one float32 scale a channel
+    else:
+      total += leaf.size * 4
+  return total
