@@ -73,3 +73,22 @@ def test_bad_teacher_input_gives_one_clear_line(teacher, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_ray_workers_distil_from_the_teacher_they_are_sent(teacher):
+  """ps on Ray: the driver loads the teacher and ships it (pickled, as Ray does) to each worker
+  process, whose gradient then carries the soft term; the body of the actor runs here."""
+  import pickle
+
+  from pdist import artifacts, data, tasks
+  from pdist.strategies.ps_ray import Flat, WorkerProcess
+  c = _student(teacher, weight=0.5, temperature=3.0)
+  dataset = data.load(c.data)
+  sent = pickle.loads(pickle.dumps(artifacts.load_teacher(c, dataset)))
+  params = tasks.build(c, dataset).init(jax.random.PRNGKey(1))
+  flat = Flat(params).ravel(params)
+  _, distilled, _ = WorkerProcess(c, 0, None, sent).compute(flat, 3)
+  _, plain, _ = WorkerProcess(c, 0, None, None).compute(flat, 3)
+  assert "hard_loss" in distilled and "hard_loss" not in plain
+  assert distilled["hard_loss"] == pytest.approx(plain["loss"], rel=1e-6)   # the same batch
+  assert abs(distilled["loss"] - plain["loss"]) > 1e-3                     # and the soft term

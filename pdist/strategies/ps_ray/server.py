@@ -1,36 +1,11 @@
-"""`ps` on real processes: `--config.ps.backend=ray`.
-
-The same parameter server as the emulator (strategies/ps.py), but the K workers are Ray actors —
-separate processes, each computing gradients with JAX on its own data partition — and the order
-of events is whatever the real clocks give. The server stays in this process:
-
-  submit: worker w gets the current parameters and its iteration number, which picks its batch
-          (on one machine through a shared-memory row of its own; on a cluster as one object in
-          Ray's store per version, shared by every pull of that version)
-  wait:   `ray.wait` returns the first finished gradient; async: apply it (server.ParameterServer,
-          the same optimizer, shard by shard, lr / staleness under staleness_lr=inverse) and hand
-          that worker the new version; ssp: the same, but a worker more than max_staleness clocks
-          ahead of the slowest waits for it; bsp: a round applies the mean of the first
-          workers - backup_workers gradients of that round, later ones are dropped.
-  faults: a worker whose process dies (ps.failures.at=((seconds, worker), ...) kills one that
-          many wall-clock seconds after every worker was ready; anything else may too) loses
-          its in-flight gradient; Ray restarts the process and it rejoins with fresh parameters.
-
-Every pull, applied update and lost gradient is a *record*; train.run appends them to
-WORKDIR/trace.jsonl. The math of a record is a pure function of the parameters it names, so
-`python -m pdist.replay WORKDIR` recomputes the run from its trace in one process with the same
-compiled programs and gets the same parameters bit for bit: a real run, non-deterministic as it
-is, becomes a reproducible artefact, and a resumed run is its trace's replay. One local Ray
-instance is started and stopped by the run (bound to 127.0.0.1, no dashboard) unless
-config.ps.ray_address names a cluster. config.ps.ray_tls='auto' (or 'files' with a cluster's
-certificates) runs all of Ray's gRPC with mutual TLS (pdist/tls.py).
-"""
+"""The server loop of `ps` on Ray: submit pulls to the worker actors, take gradients as they
+finish (async, ssp, bsp with backup workers), apply them, survive worker deaths, and hand every
+pull, update and loss to train.run as records (see the package docstring)."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import sys
 import time
 
@@ -40,13 +15,15 @@ import numpy as np
 
 from pdist import optim
 from pdist import tls
-from pdist.data import WorkerSampler
+from pdist.errors import TrainingError
 from pdist.ps import server as server_lib
 from pdist.ps import sharding
 from pdist.ps.simulator import staleness_summary
-from pdist.errors import TrainingError
 from pdist.registry import ConfigError
 from pdist.strategies import base
+from pdist.strategies.ps_ray.cluster import check_reachable, kill_schedule, last_line, start_ray
+from pdist.strategies.ps_ray.transport import Flat, Slots, shm_free_bytes
+from pdist.strategies.ps_ray.workers import WorkerProcess
 from pdist.tasks import Task
 
 
@@ -84,223 +61,6 @@ def validate_ray(config) -> None:
   tls.validate(config)   # ray_tls and, for 'files', that its three files are usable
 
 
-# -- the workers' side (also used by pdist.replay, in one process) -------------------------------
-
-class Worker:
-  """Worker k of a run: the gradient of its `iteration`-th batch as one compiled call (batch
-  gathered from the device-resident training set, rng folded, gradient taken), the emulator's
-  batches (WorkerSampler) and rngs (fold_in(fold_in(step_key, k), iteration)). The real
-  backend's actors and pdist.replay both compute with it, so they run the same program."""
-
-  def __init__(self, k: int, grad, data, sampler, step_key):
-    self.id, self._grad, self._data, self._sampler = k, grad, data, sampler
-    self._key = jax.random.fold_in(step_key, k)
-
-  def gradient(self, params, iteration: int):
-    """(gradient, {"loss", **task metrics}) at `params`."""
-    idx = None if self._sampler is None else self._sampler.indices(self.id, iteration)
-    grads, (loss, aux) = self._grad(params, self._data, idx, self._key, np.int32(iteration))
-    return grads, {"loss": loss, **aux}
-
-  def compute(self, params, iteration: int):
-    return self.gradient(params, iteration)[0]
-
-
-def workers_of(config, task: Task, ids) -> dict[int, Worker]:
-  """`Worker`s for the ids `ids` of this config, sharing one compiled gradient."""
-  grad = base.grad_fn(task, config.optim.accumulate_steps)
-  arrays = base.training_arrays(task)
-  data = None if arrays is None else jax.device_put(arrays)
-  sampler = None if arrays is None else WorkerSampler(
-      config.data, task.dataset, config.ps.workers, config.train.seed, config.data.batch_size)
-  _, step_key = base.init_keys(jax.random.PRNGKey(config.train.seed))
-
-  @jax.jit
-  def fused(params, data, idx, key, iteration):
-    batch = None if data is None else base.gather_batch(data, idx)
-    return grad(params, batch, jax.random.fold_in(key, iteration))
-
-  return {k: Worker(k, fused, data, sampler, step_key) for k in ids}
-
-
-class Flat:
-  """A parameter-shaped pytree as one flat vector and back (exact copies, on the host): what goes
-  between the processes, one buffer instead of one per leaf (a put of the MLP's six arrays in
-  Ray's object store costs about twice that of one). numpy, not a jitted concatenate, which took ~17 ms for 2.6 MB
-  on this CPU against ~0.1 ms."""
-
-  def __init__(self, abstract):
-    leaves, self.treedef = jax.tree.flatten(abstract)
-    self.shapes = [tuple(x.shape) for x in leaves]
-    self.dtypes = [np.dtype(x.dtype) for x in leaves]
-    self.dtype = np.result_type(*self.dtypes)
-    self.offsets = np.cumsum([0] + [int(np.prod(s)) for s in self.shapes])
-
-  def ravel(self, tree, out: np.ndarray | None = None) -> np.ndarray:
-    leaves = jax.device_get(jax.tree.leaves(tree))
-    if out is None:
-      return np.concatenate([np.ravel(x).astype(self.dtype, copy=False) for x in leaves])
-    for a, b, x in zip(self.offsets[:-1], self.offsets[1:], leaves):
-      out[a:b] = np.ravel(x)
-    return out
-
-  def unravel(self, vector: np.ndarray):
-    return self.treedef.unflatten([
-        vector[a:b].reshape(shape).astype(dtype, copy=False)
-        for a, b, shape, dtype in zip(self.offsets[:-1], self.offsets[1:], self.shapes,
-                                      self.dtypes)])
-
-
-def _shm_root() -> str:
-  """Where the shared rows live: /dev/shm (memory), else the temporary directory."""
-  import tempfile  # noqa: PLC0415
-  return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-
-
-def _shm_free_bytes() -> int:
-  st = os.statvfs(_shm_root())
-  return st.f_bavail * st.f_frsize
-
-
-class Slots:
-  """Memory shared by the processes of one machine: per worker, a row of parameters (written by
-  the server before it starts the worker's next gradient) and a row of gradient (written by the
-  worker before it returns). A worker's rows are touched by nobody else while its call runs,
-  so they need no lock. Files under /dev/shm, mapped by every process (`np.memmap`)."""
-
-  def __init__(self, workers: int, size: int, dtype, prefix: str | None = None):
-    import uuid  # noqa: PLC0415
-    mode = "w+" if prefix is None else "r+"     # the server creates them, workers map them
-    if prefix is None:
-      prefix = os.path.join(_shm_root(), f"pdist-ps-{uuid.uuid4().hex}")
-    self.prefix, self.shape, self.dtype = prefix, (workers, size), np.dtype(dtype)
-    if mode == "w+":   # the parameters and gradients in transit: this user's only (mode 0600)
-      for name in ("-params", "-grads"):
-        os.close(os.open(prefix + name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    self.params = np.memmap(prefix + "-params", self.dtype, mode, shape=self.shape)
-    self.grads = np.memmap(prefix + "-grads", self.dtype, mode, shape=self.shape)
-
-  def spec(self) -> tuple:
-    return self.shape[0], self.shape[1], self.dtype.str, self.prefix
-
-  def unlink(self) -> None:
-    for name in ("-params", "-grads"):
-      try:
-        os.unlink(self.prefix + name)
-      except FileNotFoundError:
-        pass
-
-
-class _WorkerProcess:
-  """The body of a Ray actor: one worker, built from the config and the dataset."""
-
-  def __init__(self, config, worker: int, slots: tuple | None = None, teacher=None):
-    if config.ps.ray_worker_gpus:  # a share of a GPU (Ray sets CUDA_VISIBLE_DEVICES): no JAX
-      os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # preallocation
-    else:  # CPU workers stay off any GPU of the host (each would preallocate most of it)
-      os.environ["JAX_PLATFORMS"] = "cpu"
-    from pdist import data, tasks  # noqa: PLC0415
-    task = tasks.build(config, data.load(config.data), teacher)   # the driver's teacher, if any
-    self.id = worker
-    self.worker = workers_of(config, task, [worker])[worker]
-    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    self.flat = Flat(abstract)
-    self.slots = None if slots is None else Slots(*slots[:3], prefix=slots[3])
-    jax.block_until_ready(self.worker.gradient(   # compile now, not in the first gradient
-        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract), 0))
-
-  def ready(self) -> int:
-    return os.getpid()
-
-  def _timed(self, flat_params, iteration: int, out=None):
-    """(flat gradient, metrics as floats, seconds it took) at the flat parameters."""
-    start = time.perf_counter()
-    grads, metrics = self.worker.gradient(self.flat.unravel(flat_params), iteration)
-    flat = self.flat.ravel(grads, out=out)
-    return flat, {k: float(v) for k, v in jax.device_get(metrics).items()}, \
-        time.perf_counter() - start
-
-  def compute(self, flat_params, iteration: int):
-    """(flat gradient as numpy, metrics as floats, seconds it took)."""
-    return self._timed(flat_params, iteration)
-
-  def compute_shared(self, iteration: int):
-    """`compute` through this worker's shared rows: parameters in, gradient out; returns
-    (None, metrics, seconds)."""
-    _, metrics, seconds = self._timed(self.slots.params[self.id], iteration,
-                                      out=self.slots.grads[self.id])
-    return None, metrics, seconds
-
-
-# -- starting and stopping Ray -------------------------------------------------------------------
-
-def _last_line(error) -> str:
-  """The last non-empty line of an error's text (Ray's carry the remote traceback above it)."""
-  lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-  return lines[-1] if lines else type(error).__name__
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-  import socket  # noqa: PLC0415
-  host, _, port = address.rpartition(":")
-  try:
-    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-      pass
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"config.ps.ray_address='{address}' is not a reachable Ray cluster "
-                      f"(HOST:PORT of its head, or 'auto'): {e}") from None
-
-
-def start_ray(address: str, workers: int, worker_cpus: float, worker_gpus: float = 0.0):
-  """The `ray` module, connected: to the cluster at `address`, or to a new local instance bound
-  to 127.0.0.1 with no dashboard. Raises ConfigError when the cluster is unreachable or cannot
-  place the workers."""
-  if not address:
-    # a single-machine instance: every server Ray starts binds to the loopback address
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-  elif "RAY_AUTH_MODE" not in os.environ and (
-      os.environ.get("RAY_AUTH_TOKEN") or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
-    # Ray presents the cluster's token for address='auto' only; do the same for HOST:PORT
-    os.environ["RAY_AUTH_MODE"] = "token"
-  import logging  # noqa: PLC0415
-  import warnings  # noqa: PLC0415
-
-  ray = tls.import_ray()   # notes the TLS variables Ray reads once per process
-  if ray.is_initialized():
-    ray.shutdown()
-  quiet = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-  try:
-    with warnings.catch_warnings():  # Ray starts its processes by fork+exec; JAX warns of forks
-      warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
-      if address:
-        ray.init(address=address, **quiet)
-      else:
-        # "local": a new instance even when RAY_ADDRESS or /tmp/ray/ray_current_cluster (left by
-        # a `ray start`, also a stopped one) names another, which ray.init would join instead
-        ray.init(address="local",
-                 num_cpus=max(os.cpu_count() or 1, int(np.ceil(workers * worker_cpus))), **quiet)
-  except (ConnectionError, RuntimeError, ValueError) as e:
-    raise ConfigError(f"config.ps.ray_address='{address}': could not connect to a Ray cluster "
-                      f"({str(e).splitlines()[0] if str(e) else type(e).__name__}; a cluster "
-                      "started with `ray start` needs its token here: ~/.ray/auth_token or "
-                      "RAY_AUTH_TOKEN)") from None
-  for kind, each in (("CPU", worker_cpus), ("GPU", worker_gpus)):
-    have = ray.cluster_resources().get(kind, 0.0)
-    if have < workers * each:
-      ray.shutdown()
-      raise ConfigError(f"config.ps.workers={workers} x config.ps.ray_worker_{kind.lower()}s="
-                        f"{each:g} needs {workers * each:g} {kind}s but the Ray cluster has "
-                        f"{have:g}")
-  return ray
-
-
-def kill_schedule(at, trained_seconds: float) -> list[tuple[float, int]]:
-  """failures.at's (seconds of training, worker) kills still ahead of a run that has trained
-  `trained_seconds` already, as seconds from now, in order: a resumed run does not repeat the
-  kills before its checkpoint."""
-  return sorted((float(t) - trained_seconds, int(w)) for t, w in at if t > trained_seconds)
-
-
 @dataclasses.dataclass
 class _Pull:
   worker: int
@@ -331,7 +91,7 @@ class RayParameterServer(base.Strategy):
     self.config, self.task, self.ps = config, task, config.ps
     self._tls = tls.RayTLS.from_config(config.ps)   # checked and switched on by start()
     if config.ps.ray_address not in ("", "auto"):
-      _check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes,
+      check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes,
       self._tls.check_cluster(config.ps.ray_address)   # and one that speaks other TLS too
     simulated = _simulated_fields(config.ps)
     if simulated:
@@ -411,11 +171,11 @@ class RayParameterServer(base.Strategy):
                     self.ps.ray_worker_gpus)
     self._ray = ray
     actor = ray.remote(num_cpus=self.ps.ray_worker_cpus, num_gpus=self.ps.ray_worker_gpus,
-                       max_restarts=-1, max_task_retries=0)(_WorkerProcess)
+                       max_restarts=-1, max_task_retries=0)(WorkerProcess)
     if not self.ps.ray_address and self.ps.ray_shared_memory:  # one machine: shared rows
       size = int(self._flat.offsets[-1])
       need = 2 * self.K * size * self._flat.dtype.itemsize
-      free = _shm_free_bytes()
+      free = shm_free_bytes()
       if free < 2 * need:   # the rows are sparse files: too little room would be a SIGBUS later
         print(f"pdist: {need / 2**20:.0f} MB of shared-memory rows do not fit in "
               f"{free / 2**20:.0f} MB free under /dev/shm; messages go through Ray's object "
@@ -428,7 +188,7 @@ class RayParameterServer(base.Strategy):
       ray.get([a.ready.remote() for a in self._actors])
     except ray.exceptions.RayError as e:
       self.close()
-      raise TrainingError(f"a Ray worker process could not start: {_last_line(e)}") from None
+      raise TrainingError(f"a Ray worker process could not start: {last_line(e)}") from None
     self._started_at = time.perf_counter()   # failures.at counts from here
     self._trained_before = self.host.trained_seconds   # (and from a resumed run's past)
     self.startup_seconds = self._started_at - begun
@@ -514,7 +274,7 @@ class RayParameterServer(base.Strategy):
         if (getattr(e, "actor_init_failed", False) or self._probe_failures[w] > 100
             or not isinstance(e, self._ray.exceptions.RayActorError)):
           raise TrainingError(f"Ray worker {w} died and could not be restarted: "
-                              f"{_last_line(e)}") from None
+                              f"{last_line(e)}") from None
         self._probes[self._actors[w].ready.remote()] = w    # still restarting: ask again
         return None
       self._probe_failures.pop(w, None)
@@ -526,7 +286,7 @@ class RayParameterServer(base.Strategy):
       return pull, self._ray.get(ref)
     except self._ray.exceptions.RayTaskError as e:   # the gradient call itself raised
       raise TrainingError(f"Ray worker {pull.worker} failed computing its gradient "
-                          f"{pull.iteration}: {_last_line(e)}") from None
+                          f"{pull.iteration}: {last_line(e)}") from None
     except self._ray.exceptions.RayActorError as e:
       w = pull.worker
       if w in self._killed:               # a scripted kill, counted when it was made
