@@ -22,7 +22,7 @@ run: $(STAMP)
 
 # two workers (the machine's two cores); files that start Ray share one worker (xdist_group)
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
 reproduce: $(STAMP)
 	$(PY) -m pdist.reproduce --workdir runs/reproduce

@@ -10,9 +10,10 @@ MNIST-1D, MLP (256, 256) (77k parameters, 309 kB dense), `ps` bsp with 4 workers
 batches of 32, SGD momentum 0.9 lr 0.05, 600 updates. Each link carries 300 kB per time unit,
 so a dense push or pull takes ~1 unit beside 1 unit of compute: compressing the pushes (pulls
 stay dense) cuts a round from ~3 units to a little over 2. Measured numbers are in the README.
-Presets: tiny; one per compressor (int8, qsgd, topk, randomk, sign, powersgd); noef (error
-feedback off); leaf (topk / randomk choose k in each leaf instead of over the whole gradient,
-e.g. `:topk,leaf`). The sweep has top-k with both scopes.
+Presets: tiny (in any position: it always applies last); one per compressor (int8, qsgd, topk,
+randomk, sign, powersgd); noef (error feedback off); leaf (topk / randomk choose k in each leaf
+instead of over the whole gradient, e.g. `:randomk,leaf`); noef and leaf without a compressor
+apply to topk. The sweep has top-k with both scopes.
 """
 
 from pdist.config import apply_presets, base_config, tiny
@@ -27,10 +28,12 @@ def _compressor(name, **fields):
 
 
 def _noef(c):
+  c.compression.name = c.compression.name if c.compression.name != "none" else "topk"
   c.compression.error_feedback = False
 
 
 def _leaf(c):
+  c.compression.name = c.compression.name if c.compression.name != "none" else "topk"
   c.compression.scope = "leaf"
 
 

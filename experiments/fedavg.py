@@ -23,6 +23,7 @@ from pdist.config import apply_presets, base_config
 
 def _tiny(c):
   c.data.num_train, c.data.num_test = 400, 100
+  c.data.batch_size = min(c.data.batch_size, c.data.num_train)   # fedsgd's full batch, shrunk
   c.federated.clients, c.federated.clients_per_round = 20, 5
   c.train.steps, c.train.log_every, c.train.eval_every = 20, 10, 10
 

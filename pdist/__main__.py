@@ -160,7 +160,9 @@ def _main(argv: list[str] | None) -> int:
     print(f"pdist: error: {e}", file=sys.stderr)
     return 2
   except OutputError as e:
-    print(f"pdist: training stopped: {e}; the newest complete checkpoint in "
+    kept = getattr(e, "last_checkpoint", None)   # set when train.run knew it (summary.json too)
+    print(f"pdist: training stopped: {e}; the newest complete checkpoint"
+          f"{f' (update {kept})' if kept is not None else ''} in "
           f"{os.path.join(args.workdir, 'checkpoints')} is kept", file=sys.stderr)
     return 3
   except train.TrainingError as e:

@@ -4,7 +4,10 @@ A checkpoint holds the strategy's state pytree (parameters, optimizer state, key
 the gradient slots) plus its JSON-able host part (for `ps` the simulator: event queue, clocks,
 RNG, counters) and the resolved config. Written by orbax's CheckpointManager under
 WORKDIR/checkpoints/<step>/ (async by default; orbax commits a step only when it is complete, so a
-kill during a save leaves an uncommitted temporary directory that is never read).
+kill during a save leaves an uncommitted temporary directory that is never read). A step's
+directories are made in the save call itself, not in orbax's background threads: a checkpoints
+folder that cannot be written then fails that call at once, where in the background the threads
+waiting for the directories would hold the process for orbax's 5-minute timeout.
 
 Restoring takes the newest readable step; an unreadable one (truncated or missing files, failed
 authentication) is reported in one line and the next older one is tried. If checkpoints exist but
@@ -175,8 +178,9 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
                key: bytes | None = None, log=None, background: bool = False):
     """`background`: `save` returns at once and a worker thread does all of it (digest or
-    encryption, orbax's save call); one save at a time, its error raised by the next call of
-    save / wait / close. The caller must not change or donate the state it passed until then."""
+    encryption, orbax's save call, waiting for the commit); one save at a time, its error raised
+    by the next call of save / wait / close. The caller must not change or donate the state it
+    passed until then."""
     import orbax.checkpoint as ocp
     self.ocp = ocp
     self.directory = os.path.abspath(directory)
@@ -185,9 +189,19 @@ class Checkpointer:
     # a damaged checkpoint makes tensorstore's async reads fail; pdist reports that in one line
     # and falls back, so asyncio's "Task exception was never retrieved" dumps are only noise
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    _quiet_orbax_write_errors()
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False)))
+    self.async_save = async_save
+    # the newest step this Checkpointer saw committed (None: none yet), and the save whose commit
+    # is not confirmed yet: (step, on_saved)
+    self.last_saved: int | None = None
+    self._unconfirmed = None
+    # a save failed and its error was raised: orbax's later errors (raised again in each thread
+    # that waits, and by its close) are about that save
+    self._failed = False
     self._pool = None
     if background:
       from concurrent.futures import ThreadPoolExecutor
@@ -202,23 +216,50 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   # -- save -------------------------------------------------------------------------------------
-  def save(self, step: int, state, host: dict, config_dict: dict, on_started=None) -> None:
-    """Saves `state` (and the JSON-able `host` part) as update `step`; `on_started(step)` is
-    called once orbax has taken it (the write itself may still be going on)."""
+  def save(self, step: int, state, host: dict, config_dict: dict, on_saved=None) -> None:
+    """Saves `state` (and the JSON-able `host` part) as update `step`; `on_saved(step)` is
+    called once the checkpoint is committed (never for a save that failed): right after the
+    write in the background or without async saves, and at the next save / wait / close with
+    orbax's own async saves in the main thread (several processes)."""
     if self._pool is None:
-      self._save_now(step, state, host, config_dict, on_started)
+      self._save_now(step, state, host, config_dict, on_saved)
       return
     self._collect()
-    self._future = self._pool.submit(self._save_now, step, state, host, config_dict, on_started)
+    self._future = self._pool.submit(self._save_now, step, state, host, config_dict, on_saved)
 
   def _collect(self) -> None:
-    """Waits for the background save (if any) to be handed to orbax; raises its error here."""
+    """Waits for the background save (if any) to be committed; raises its error here."""
     future, self._future = self._future, None
     if future is not None:
       future.result()
 
-  def _save_now(self, step: int, state, host: dict, config_dict: dict, on_started=None) -> None:
+  def _confirm(self) -> None:
+    """Waits for orbax's save in progress (if any) to be committed, then reports it: the
+    `on_saved` of that save and `last_saved`. A failed commit raises here and reports nothing."""
+    unconfirmed, self._unconfirmed = self._unconfirmed, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception:
+      if self._failed:
+        return
+      self._failed = True
+      raise
+    if unconfirmed is not None:
+      step, on_saved = unconfirmed
+      self.last_saved = step
+      if on_saved is not None:
+        on_saved(step)
+
+  def _save_now(self, step: int, state, host: dict, config_dict: dict, on_saved=None) -> None:
+    try:
+      self._write(step, state, host, config_dict, on_saved)
+    except Exception:
+      self._failed = True
+      raise
+
+  def _write(self, step: int, state, host: dict, config_dict: dict, on_saved) -> None:
     ocp = self.ocp
+    self._confirm()   # the previous save (orbax would wait for it too), reported as committed
     meta = {"format": FORMAT, "step": step, "config": config_dict, "encrypted": self.key is not None}
     if self.key is None:
       meta["host"] = host
@@ -233,21 +274,33 @@ class Checkpointer:
     meta["meta_digest"] = _meta_digest(meta)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                     meta=ocp.args.JsonSave(meta)))
-    if on_started is not None:
-      on_started(step)
+    self._unconfirmed = (step, on_saved)
+    if self._pool is not None or not self.async_save:
+      # a worker thread can wait for the commit; the main thread of a multi-process run leaves
+      # it to orbax and confirms it at the next save / wait / close
+      self._confirm()
 
   def wait(self) -> None:
     self._collect()
-    self.manager.wait_until_finished()
+    self._confirm()
 
   def close(self) -> None:
+    """Waits for the save in progress and closes; raises a failure not raised before (a failed
+    save's error is raised once)."""
     try:
       self._collect()
+      self._confirm()
     finally:
-      self.manager.wait_until_finished()
-      self.manager.close()
-      if self._pool is not None:
-        self._pool.shutdown()
+      try:
+        self.manager.close()
+      except Exception:
+        if not self._failed:
+          raise
+      finally:
+        if self._pool is not None:
+          self._pool.shutdown()
+        if self._failed:
+          _join_orbax_threads(ORBAX_THREADS_SECONDS)
 
   @staticmethod
   def _aad(step: int) -> bytes:
@@ -353,6 +406,43 @@ class Checkpointer:
     for name in os.listdir(self.directory):  # uncommitted temporaries from a killed save
       if ".orbax-checkpoint-tmp" in name:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+
+# after a failed commit, how long `close` waits for orbax's other write threads of that save
+ORBAX_THREADS_SECONDS = 30.0
+
+
+def _join_orbax_threads(seconds: float) -> None:
+  """Waits (at most `seconds` in all) for orbax's background write threads still running.
+
+  A failed commit fails orbax's save at its first error while its other threads (the arrays'
+  writes, their metadata) go on; left running, they meet the interpreter's shutdown and each
+  dumps a traceback."""
+  import threading
+  import time
+  end = time.monotonic() + seconds
+  for thread in threading.enumerate():
+    if (thread is not threading.current_thread() and not thread.daemon
+        and type(thread).__module__.startswith("orbax.")):
+      thread.join(max(0.0, end - time.monotonic()))
+
+
+class _OrbaxWriteErrors(logging.Filter):
+  """Drops orbax's ERROR records of a failed write (an OSError, logged with its traceback by
+  each of its threads that saw it): the Checkpointer raises the same error to its caller, which
+  reports it in one sentence."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (record.levelno >= logging.ERROR and isinstance(error, OSError)
+                and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _quiet_orbax_write_errors() -> None:
+  """Installs `_OrbaxWriteErrors` on absl's logger (through which orbax logs), once."""
+  logger = logging.getLogger("absl")
+  if not any(isinstance(f, _OrbaxWriteErrors) for f in logger.filters):
+    logger.addFilter(_OrbaxWriteErrors())
 
 
 def _one_line(e: BaseException) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 from typing import Any, Callable, Iterable, Mapping
 
 import ml_collections
@@ -108,6 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True   # also write TensorBoard event files to WORKDIR/tensorboard
 
   c.distill = distill.distill_config()  # knowledge distillation from a finished teacher workdir
+  # locked: a field that is not in the schema (a typo in an experiment file, an override) is an
+  # error where it is written, never a new field that nothing reads
+  c.lock()
   return c
 
 
@@ -139,12 +143,15 @@ def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
 def apply_presets(config: ml_collections.ConfigDict, arg: str | None,
                   presets: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
                   experiment: str) -> ml_collections.ConfigDict:
-  """Applies named presets in order; "key=value" parts set `config.<key>` (dotted allowed)."""
+  """Applies named presets in order, except `tiny`, which goes last wherever it is written (it
+  shrinks whatever the others chose, so "tiny,cnn" and "cnn,tiny" are the same run); then
+  "key=value" parts set `config.<key>` (dotted allowed)."""
   names, values = parse_arg(arg)
   for name in names:
     if name not in presets:
       raise ConfigError(f"unknown preset '{name}' for {experiment}; "
                         f"choose from: {', '.join(sorted(presets))}")
+  for name in sorted(names, key=lambda n: n == "tiny"):   # stable: the others keep their order
     presets[name](config)
   for key, value in values.items():
     set_field(config, key, value)
@@ -228,12 +235,35 @@ def call_experiment(spec: str, function: str):
   if not hasattr(module, function):
     raise ConfigError(f"config file '{path}' defines no {function}(arg)")
   try:
-    return getattr(module, function)(arg)
+    result = getattr(module, function)(arg)
   except ConfigError:
     raise
-  except Exception as e:  # e.g. a locked field misspelt in the experiment file
-    raise ConfigError(f"config file '{path}' {function}({arg!r}) failed: "
-                      f"{type(e).__name__}: {e}") from None
+  except Exception as e:  # e.g. a field misspelt in the experiment file (the schema is locked)
+    raise ConfigError(_experiment_failure(path, function, arg, e)) from None
+  if function == "get_config" and not isinstance(result, ml_collections.ConfigDict):
+    raise ConfigError(f"config file '{path}' get_config({arg!r}) returned "
+                      f"{type(result).__name__}, not a config: start from "
+                      "pdist.config.base_config() and return it")
+  return result
+
+
+def _experiment_failure(path: str, function: str, arg, error: Exception) -> str:
+  """One sentence for an exception raised inside an experiment file's function: where in the file
+  and why; a field that is not in the locked schema is named with the nearest existing one."""
+  import traceback
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  where = f"config file '{path}'" + (f" line {lines[-1]}" if lines else "")
+  text = str(error)
+  if isinstance(error, (AttributeError, KeyError)) and "cannot be added" in text:
+    key = text.split('"')[1] if '"' in text else "?"
+    close = re.search(r'Did you mean "([^"]+)"', text)   # ml_collections' nearest, same group
+    hint = f" (did you mean '{close.group(1)}'?)" if close else ""
+    return (f"{where} sets '{key}', which is not a field of the config{hint}; the base config "
+            "is locked, so experiments change fields and never add them")
+  first = text.splitlines()[0] if text.strip() else ""
+  return f"{where}: {function}({arg!r}) failed: {type(error).__name__}: {first}"
+
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
@@ -300,3 +330,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for _, entry in list(_selected(config)):
     if entry.validate is not None:
       entry.validate(config)
+  # then what the selected components do not read must be at its defaults (after their own
+  # checks, which say more about a combination that cannot work at all)
+  defaults = base_config()
+  for registry in COMPONENTS:
+    registry.check_unread(config, defaults)
+  _check_unselected_groups(config, defaults)
+
+
+def _check_unselected_groups(config, defaults) -> None:
+  """The config group of a component that is not selected (and that no selected component
+  uses, see registry.Entry.uses) must keep its defaults: `--config.ps.workers=8` with
+  config.strategy='single' is refused, not ignored. Groups that hold their own selector
+  (config.privacy.mechanism, config.compression.name) check themselves."""
+  used = set()
+  for _, entry in _selected(config):
+    used.update([entry.group] if entry.group else [])
+    used.update(entry.uses(config) if entry.uses else ())
+  for registry in COMPONENTS:
+    selector = registry.field[len("config."):]
+    for entry in registry.entries():
+      group = entry.group
+      if group is None or group in used or selector.startswith(group + "."):
+        continue
+      for field, value in _leaves(config[group]):
+        default = get(defaults[group], field)
+        if value != default:
+          raise ConfigError(f"config.{group}.{field}={value!r} is set but {registry.field}="
+                            f"'{get(config, selector)}' does not read config.{group}; select "
+                            f"{registry.field}='{entry.name}' or leave it at {default!r}")
+
+
+def _leaves(group: ml_collections.ConfigDict, prefix: str = ""):
+  """(dotted field, value) of every field of a group, nested groups included."""
+  for key, value in group.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value

@@ -37,31 +37,19 @@ def _needs_warmup(config) -> None:
                       f"run (config.train.steps={config.train.steps})")
 
 
-def _no_warmup(config) -> None:
-  if config.optim.warmup_from:
-    raise ConfigError(f"config.optim.warmup_from={config.optim.warmup_from} does not apply to "
-                      f"config.optim.schedule='{config.optim.schedule}'")
-  if config.optim.warmup_steps:
-    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} does not apply to "
-                      f"config.optim.schedule='{config.optim.schedule}'; use warmup or "
-                      "warmup_cosine")
+# the shared fields each schedule reads (the others must stay at their defaults: registry.Entry)
+WARMUP = ("optim.warmup_steps", "optim.warmup_from")
+DECAY = ("optim.decay_steps", "optim.decay_factor")
 
-
-def _no_decay(config) -> None:
-  if config.optim.decay_steps:
-    raise ConfigError(f"config.optim.decay_steps does not apply to config.optim.schedule="
-                      f"'{config.optim.schedule}'; use step or warmup_step")
-
-
-SCHEDULES.register("constant", validate=lambda c: (_no_warmup(c), _no_decay(c)))(
+SCHEDULES.register("constant")(
     lambda lr, steps, warmup, o: optax.constant_schedule(lr))
-SCHEDULES.register("cosine", validate=lambda c: (_no_warmup(c), _no_decay(c)))(
+SCHEDULES.register("cosine")(
     lambda lr, steps, warmup, o: optax.cosine_decay_schedule(lr, decay_steps=steps))
-SCHEDULES.register("warmup", validate=lambda c: (_needs_warmup(c), _no_decay(c)))(
+SCHEDULES.register("warmup", validate=_needs_warmup, reads=WARMUP)(
     lambda lr, steps, warmup, o: optax.join_schedules(
         [optax.linear_schedule(lr * o.warmup_from, lr, warmup), optax.constant_schedule(lr)],
         [warmup]))
-SCHEDULES.register("warmup_cosine", validate=lambda c: (_needs_warmup(c), _no_decay(c)))(
+SCHEDULES.register("warmup_cosine", validate=_needs_warmup, reads=WARMUP)(
     lambda lr, steps, warmup, o: optax.warmup_cosine_decay_schedule(
         lr * o.warmup_from, lr, warmup, max(steps, warmup + 1)))
 
@@ -83,10 +71,10 @@ def _needs_decay_steps(config) -> None:
     raise ConfigError(f"config.optim.decay_factor must be in (0, 1), got {o.decay_factor}")
 
 
-SCHEDULES.register("step", validate=lambda c: (_no_warmup(c), _needs_decay_steps(c)))(
+SCHEDULES.register("step", validate=_needs_decay_steps, reads=DECAY)(
     lambda lr, steps, warmup, o: _step_decay(lr, o))
-SCHEDULES.register("warmup_step",
-                   validate=lambda c: (_needs_warmup(c), _needs_decay_steps(c)))(
+SCHEDULES.register("warmup_step", validate=lambda c: (_needs_warmup(c), _needs_decay_steps(c)),
+                   reads=WARMUP + DECAY)(
     lambda lr, steps, warmup, o: optax.join_schedules(
         [optax.linear_schedule(lr * o.warmup_from, lr, warmup),
          lambda t: _step_decay(lr, o)(t + warmup)], [warmup]))
@@ -98,17 +86,9 @@ def schedule(config) -> optax.Schedule:
       scaled_learning_rate(config), config.train.steps, config.optim.warmup_steps, config.optim)
 
 
-def _only(*fields):
-  """A check that the optimizer-specific fields other than `fields` are left at 0 / False."""
-  def validate(config):
-    o = config.optim
-    for field in ("momentum", "nesterov", "weight_decay"):
-      if field not in fields and o[field]:
-        raise ConfigError(f"config.optim.{field}={o[field]} does not apply to "
-                          f"config.optim.name='{o.name}'; leave it unset")
-    if o.nesterov and not o.momentum:
-      raise ConfigError("config.optim.nesterov=True needs config.optim.momentum > 0")
-  return validate
+def _nesterov_needs_momentum(config) -> None:
+  if config.optim.nesterov and not config.optim.momentum:
+    raise ConfigError("config.optim.nesterov=True needs config.optim.momentum > 0")
 
 
 def _sgd(o, lr):
@@ -118,12 +98,13 @@ def _sgd(o, lr):
   return optax.chain(optax.add_decayed_weights(o.weight_decay), tx) if o.weight_decay else tx
 
 
-OPTIMIZERS.register("sgd", validate=_only("momentum", "nesterov", "weight_decay"))(_sgd)
-OPTIMIZERS.register("adam", validate=_only())(lambda o, lr: optax.adam(lr))
-OPTIMIZERS.register("adamw", validate=_only("weight_decay"))(
+OPTIMIZERS.register("sgd", validate=_nesterov_needs_momentum,
+                    reads=("optim.momentum", "optim.nesterov", "optim.weight_decay"))(_sgd)
+OPTIMIZERS.register("adam")(lambda o, lr: optax.adam(lr))
+OPTIMIZERS.register("adamw", reads=("optim.weight_decay",))(
     lambda o, lr: optax.adamw(lr, weight_decay=o.weight_decay))
 # yogi (Zaheer et al. 2018): FedYogi's server optimizer (Reddi et al. 2021) with their eps 1e-3
-OPTIMIZERS.register("yogi", validate=_only())(lambda o, lr: optax.yogi(lr, eps=1e-3))
+OPTIMIZERS.register("yogi")(lambda o, lr: optax.yogi(lr, eps=1e-3))
 
 
 class FedOptState(NamedTuple):

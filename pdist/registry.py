@@ -32,13 +32,19 @@ class Entry:
   `obj` is what the registry hands out (a class or a function). `config` returns the defaults of
   the component's own config group (named `group`, by default the component's name), or is None.
   `validate(config)` raises ConfigError for values that the schema's types cannot catch; it runs
-  only when a config selects this component.
+  only when a config selects this component. `reads` names the shared fields (dotted, e.g.
+  "model.hidden") this component reads of those that only some components of its kind read: the
+  others must stay at their defaults when it is selected (`check_unread`). `uses(config)` names
+  the config groups of *other* components it reads (e.g. codistillation's groups of parameter
+  servers read config.ps), which then may be set although their own component is not selected.
   """
   name: str
   obj: Any
   config: Callable[[], ml_collections.ConfigDict] | None = None
   validate: Callable[[ml_collections.ConfigDict], None] | None = None
   group: str | None = None
+  reads: tuple[str, ...] = ()
+  uses: Callable[[ml_collections.ConfigDict], Iterable[str]] | None = None
 
 
 class Registry:
@@ -49,15 +55,35 @@ class Registry:
     self.field = field
     self._entries: dict[str, Entry] = {}
 
-  def register(self, name: str, *, config=None, validate=None, group: str | None = None):
+  def register(self, name: str, *, config=None, validate=None, group: str | None = None,
+               reads: Iterable[str] = (), uses=None):
     """Decorator: registers the decorated class or function under `name`."""
     def add(obj):
       if name in self._entries:
         raise ValueError(f"{self.kind} '{name}' is registered twice")
       self._entries[name] = Entry(name, obj, config, validate,
-                                  group if group is not None else (name if config else None))
+                                  group if group is not None else (name if config else None),
+                                  tuple(reads), uses)
       return obj
     return add
+
+  def shared_fields(self) -> list[str]:
+    """The shared fields that some of this kind's components read and others do not."""
+    return sorted({f for e in self._entries.values() for f in e.reads})
+
+  def check_unread(self, config, defaults) -> None:
+    """The selected component's unread shared fields (see Entry.reads) must equal `defaults`'
+    (the base config): a value set for another component is refused, not silently ignored."""
+    name = get(config, self.field[len("config."):])
+    entry = self.entry(name)
+    for field in self.shared_fields():
+      if field in entry.reads:
+        continue
+      value, default = get(config, field), get(defaults, field)
+      if value != default:
+        readers = ", ".join(e.name for e in self._entries.values() if field in e.reads)
+        raise ConfigError(f"config.{field}={value!r} does not apply to {self.field}='{name}' "
+                          f"(read by {readers} only); leave it at {default!r}")
 
   def names(self) -> list[str]:
     return list(self._entries)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import math
 import os
 import sys
+import textwrap
 
 from pdist import config as config_lib
 
@@ -55,8 +57,13 @@ def table(rows: list[dict]) -> str:
   for r in rows:
     expected = f"[{r['low']:g}, {r['high']:g}]"
     measured = f"{r['mean']:.4g} ± {r['std']:.2g} (n={r['seeds']})"
-    lines.append(f"{r['paper'][:28]:28s} {r['claim'][:66]:66s} {expected:>18s} {measured:>26s}  "
+    # long names and claims wrap onto following lines (never cut mid-word)
+    papers = textwrap.wrap(r["paper"], 28, break_on_hyphens=False) or [""]
+    claims = textwrap.wrap(r["claim"], 66, break_on_hyphens=False) or [""]
+    lines.append(f"{papers[0]:28s} {claims[0]:66s} {expected:>18s} {measured:>26s}  "
                  f"{'pass' if r['passed'] else 'FAIL'}")
+    for paper, claim in itertools.zip_longest(papers[1:], claims[1:], fillvalue=""):
+      lines.append(f"{paper:28s} {claim}".rstrip())
   return "\n".join(lines)
 
 

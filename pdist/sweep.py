@@ -4,7 +4,9 @@ Runs every variant that the experiment's `get_hyper(arg)` declares, one after an
 DIR/<variant>, then overlays their curves in DIR/curves.png (and DIR/curves_epoch.png when the
 runs have data, curves_sim_time.png and curves_bytes_pushed.png for the parameter server; DIR/privacy_utility.png when the runs are differentially private). `get_hyper`
 returns a list of (name, {"group.field": value, ...}) pairs; the
-command line's overrides apply to every variant. A variant whose loss becomes non-finite is
+command line's overrides apply to every variant and win over the variant's own fields (each such
+override is said on stderr; one that would make every variant the same run is refused). Every
+variant's config is checked before the first one runs. A variant whose loss becomes non-finite is
 recorded as diverged (status and update in sweep.json, marked in the legend) and the sweep goes on.
 """
 
@@ -23,14 +25,33 @@ def variants(spec: str) -> list[tuple[str, dict]]:
   return list(config_lib.call_experiment(spec, "get_hyper"))
 
 
+def configs(spec: str, overrides: list[str] = ()) -> list[tuple[str, dict, object]]:
+  """(name, the variant's fields, its config) of every variant, the command line's overrides
+  applied after the variant's fields; all checked before any runs."""
+  cli = {item[len("--config."):].split("=", 1)[0] for item in overrides
+         if item.startswith("--config.") and "=" in item}
+  out = []
+  for name, fields in variants(spec):
+    extra = [f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
+             for k, v in fields.items()]
+    config = config_lib.load(spec, extra + list(overrides))
+    for key in sorted(set(fields) & cli):
+      print(f"pdist.sweep: {name}: the command line's config.{key}="
+            f"{config_lib.get(config, key)!r} replaces the variant's {fields[key]!r}",
+            file=sys.stderr)
+    out.append((name, fields, config))
+  if len(out) > 1 and all(c.to_dict() == out[0][2].to_dict() for _, _, c in out):
+    raise config_lib.ConfigError(
+        f"the command line sets {', '.join('config.' + k for k in sorted(cli))}, which makes "
+        f"every variant of {spec} the same run; drop the override or run `python -m pdist`")
+  return out
+
+
 def run_sweep(spec: str, workdir: str, overrides: list[str] = ()) -> list[dict]:
   """Trains each variant; returns their summaries (with a "variant" field)."""
   from pdist import metrics, plots, train
   summaries, dirs, names = [], [], []
-  for name, fields in variants(spec):
-    extra = [f"--config.{k}={v!r}" if isinstance(v, str) else f"--config.{k}={v}"
-             for k, v in fields.items()]
-    config = config_lib.load(spec, list(overrides) + extra)
+  for name, fields, config in configs(spec, overrides):
     print(f"pdist.sweep: {name}: " + ", ".join(f"{k}={v}" for k, v in fields.items()),
           file=sys.stderr)
     out = os.path.join(workdir, name)

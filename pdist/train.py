@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pdist import config as config_lib
-from pdist import artifacts, data, metrics, strategies, tasks
+from pdist import artifacts, data, memory, metrics, strategies, tasks
 from pdist import workdir as workdir_lib
 from pdist.errors import TrainingError
 
@@ -198,6 +198,7 @@ class _Run:
   lock: Any = None
   finished: dict[str, Any] | None = None  # the summary of a run found already finished
   command: list[str] | None = None
+  updates_per_call_used: int = 0  # the most updates one compiled call covered
 
 
 def _prepare(config, workdir: str | None, pipeline=None) -> _Run:
@@ -222,7 +223,9 @@ def _build(config, workdir, is_writer, log, pipeline, lock) -> _Run:
   dataset = data.load(config.data)
   teacher = artifacts.load_teacher(config, dataset) if config.distill.teacher else None
   task = tasks.build(config, dataset, teacher)
+  memory.check(config, task)   # a state that cannot fit: one sentence, before any allocation
   strategy = strategies.build(config, task, pipeline=pipeline)
+  _check_updates_per_call(config, strategy)
   state = strategy.init(jax.random.PRNGKey(config.train.seed))
   return _Run(config, workdir, is_writer, log, dataset, task, strategy, state, lock=lock)
 
@@ -241,6 +244,8 @@ def _resume(r: _Run) -> None:
   metrics_path = os.path.join(r.workdir, "metrics.jsonl")
   had_rows = os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0
   previous = _metrics_up_to(r.workdir, r.start_step)
+  # TensorBoard's events likewise, so that the steps written again appear once
+  _write(metrics.tensorboard_up_to, os.path.join(r.workdir, metrics.TENSORBOARD), r.start_step)
   if r.start_step == 0 and had_rows:
     r.log(f"pdist: no checkpoint in {r.workdir}; starting from update 0 and rewriting its metrics")
   if r.start_step > 0 and (not previous or previous[-1]["step"] != r.start_step):
@@ -316,9 +321,18 @@ class _CallSize:
     self.decided = (not segmented or jax.default_backend() == "cpu"
                     or jax.process_count() > 1)
     self.calls = 0
+    self.note = None   # what a fixed updates_per_call became, when not exactly that
     if segmented and fixed:
       self.rows = _pow2_floor(min(MAX_ROWS_PER_CALL, max(1, fixed // config.train.log_every)))
       self.decided = True
+      covers = self.rows * config.train.log_every
+      if covers != fixed:
+        self.note = (f"pdist: config.train.updates_per_call={fixed}: a compiled call covers "
+                     f"whole log rows, a power of two of them and at most {MAX_ROWS_PER_CALL}: "
+                     f"{self.rows} row(s) of {config.train.log_every} updates ({covers} "
+                     "updates), fewer before "
+                     "an evaluation, a checkpoint or the end (summary.json: "
+                     "updates_per_call_used)")
 
   def observe(self, updates: int, seconds: float, remaining: int) -> None:
     if self.decided:
@@ -346,6 +360,21 @@ class _CallSize:
     return segments[:_pow2_floor(len(segments))]
 
 
+def _check_updates_per_call(config, strategy) -> None:
+  """A set train.updates_per_call that the strategy cannot use (it runs one log row a call)
+  is refused rather than ignored."""
+  fixed = config.train.updates_per_call
+  if not fixed or strategy.segmented:
+    return
+  what = (f"config.train.seeds={config.train.seeds}" if config.train.seeds > 1 else
+          f"config.strategy='{config.strategy}'" + (
+              f" with config.sync.backend='{config.sync.backend}'"
+              if config.strategy == "sync" else ""))
+  raise config_lib.ConfigError(
+      f"config.train.updates_per_call={fixed} cannot take effect: {what} runs one log row a "
+      "compiled call (only 'single' and 'sync' with shard_map cover several); leave it at 0")
+
+
 def _pow2_floor(n: int) -> int:
   return 1 << (max(1, n).bit_length() - 1)
 
@@ -367,6 +396,8 @@ def _loop(r: _Run, stop) -> None:
   last = [time.perf_counter()]
 
   size = _CallSize(config, r.strategy.segmented)
+  if size.note:
+    r.log(size.note)
 
   def finish(pending, segments: list[int], start: int, with_state: bool) -> None:
     chunks = r.strategy.collect_rows(pending)
@@ -390,14 +421,17 @@ def _loop(r: _Run, stop) -> None:
     bar.set_postfix(refresh=False, **({"loss": f"{row['loss']:.4g}"} if "loss" in row else {}),
                     **({"acc": f"{row['eval_accuracy']:.3f}"} if "eval_accuracy" in row else {}))
     size.observe(total, elapsed, steps - r.step)
+    r.updates_per_call_used = max(r.updates_per_call_used, total)
 
   def save(step, state, host) -> None:
     if r.ckpt.background:
       # saved by a worker thread while the next chunks run: from a device-side copy, since the
       # next chunk donates r.state's buffers
       state = jax.tree.map(jnp.copy, state)
+    if r.writer:
+      r.writer.flush()   # the TensorBoard events up to the checkpoint survive a later kill
     r.ckpt.save(step, state, host, config.to_dict(),
-                on_started=lambda s: r.log(f"pdist: checkpoint at update {s}"))
+                on_saved=lambda s: r.log(f"pdist: checkpoint at update {s}"))
 
   in_flight = None  # (pending, segments, start) of a queued call whose rows are not written yet
   try:
@@ -442,6 +476,26 @@ def _close_checkpoints(r: _Run) -> None:
     r.log(f"pdist: the last checkpoint could not be written: {e}")
 
 
+def _output_failed(r: _Run, error) -> dict[str, Any]:
+  """summary.json of a run stopped because a file could not be written: `status: stopped`, why,
+  and `last_checkpoint`, the newest checkpoint known to be committed (where a resume starts;
+  None if none). Sets `error.last_checkpoint`. Best effort: {} if summary.json cannot be written
+  either (the error in flight is the one to report)."""
+  saved = None
+  if r.ckpt is not None:
+    try:
+      r.ckpt.wait()   # a save still being written counts once it is committed
+    except Exception:  # noqa: BLE001 -- a second write failure: the first one is reported
+      pass
+    saved = r.ckpt.last_saved
+  error.last_checkpoint = saved if saved is not None else (r.start_step or None)
+  try:
+    return _summary(r, "stopped", stopped_because=str(error),
+                    last_checkpoint=error.last_checkpoint)
+  except workdir_lib.OutputError:
+    return {}
+
+
 def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
   wall = time.perf_counter() - r.started
   done = r.step - r.start_step
@@ -451,6 +505,8 @@ def _summary(r: _Run, status: str, **extra) -> dict[str, Any]:
                  strategy=r.config.strategy, steps=r.config.train.steps,
                  resumed_from=r.start_step, status=status, **extra,
                  **r.strategy.describe(r.state))
+  if r.config.train.updates_per_call:   # what the field became (_CallSize's note)
+    summary["updates_per_call_used"] = r.updates_per_call_used
   # the task's statistics may read the training data (e.g. a text's unigram entropy): not under DP
   if (r.task.describe is not None and r.config.train.seeds == 1
       and r.strategy.privacy is None):
@@ -491,7 +547,7 @@ def run(config, workdir: str | None = None, pipeline=None,
   `status: diverged` and `Diverged` is raised. `pipeline` replaces the gradient pipeline that the
   config builds (for experiments and tests); `command` is recorded in summary.json's provenance.
   """
-  with _SignalFlag() as stop:
+  with _SignalFlag() as stop, memory.reported():   # XLA's RESOURCE_EXHAUSTED: one sentence
     r = _prepare(config, workdir, pipeline)
     r.command = command
     try:
@@ -518,8 +574,10 @@ def run(config, workdir: str | None = None, pipeline=None,
       except TrainingError as e:   # e.g. every federated round failed: summary.json says so
         e.summary = _summary(r, "stopped", stopped_because=str(e))
         raise
-      except OSError as e:  # metrics or checkpoints could not be written
-        raise workdir_lib.OutputError(getattr(e, "filename", None) or str(workdir), e) from None
+      except OSError as e:  # metrics or checkpoints could not be written: summary.json says so
+        error = workdir_lib.OutputError(getattr(e, "filename", None) or str(workdir), e)
+        error.summary = _output_failed(r, error)
+        raise error from None
       finally:
         if r.writer:
           r.writer.close()

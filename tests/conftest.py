@@ -42,9 +42,22 @@ def quiet_experiment(name: str, preset: str = "tiny", **fields):
   c = load_experiment(name, preset)
   c.train.progress = False
   c.train.tensorboard = False
+  if "strategy" in fields:   # another strategy than the experiment's: its group back at defaults
+    switch_strategy(c, fields.pop("strategy"))
   set_fields(c, **fields)
   config_lib.validate(c)
   return c
+
+
+def switch_strategy(config, name: str):
+  """config.strategy = name, with the previous strategy's own group back at its defaults (a group
+  of a strategy that is not selected must be, see config.validate); other groups are kept."""
+  defaults = config_lib.base_config()
+  old = config.strategy
+  if old != name and old in defaults:
+    config[old] = defaults[old]
+  config.strategy = name
+  return config
 
 
 def set_fields(config, **fields):

@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -87,8 +88,8 @@ def test_killed_run_resumes_bit_for_bit(variant, tmp_path, capsys):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _reference(variant, ref)
   rng = random.Random(variant)
-  # the line is printed when a save starts; orbax finishes one async save before starting the
-  # next, so after the second line at least one checkpoint is committed
+  # the line is printed once its checkpoint is committed; the next save may be being written
+  # when the kill comes
   proc, _ = _start_and_wait_for_checkpoints(_cmd(variant, run), rng.randint(2, 4))
   if rng.random() < 0.5:  # now: most likely while the async save is still being written
     proc.stderr.readline()
@@ -315,11 +316,11 @@ def test_a_failed_background_save_is_raised_not_lost(tmp_path, monkeypatch):
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), background=True)
   started = []
 
-  def fail(step, state, host, config_dict, on_started=None):
+  def fail(step, state, host, config_dict, on_saved=None):
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(ckpt, "_save_now", fail)
-  ckpt.save(10, {"w": np.zeros(3)}, {}, {}, on_started=started.append)   # returns at once
+  ckpt.save(10, {"w": np.zeros(3)}, {}, {}, on_saved=started.append)   # returns at once
   with pytest.raises(OSError, match="No space left"):
     ckpt.wait()
   assert started == []
@@ -327,13 +328,158 @@ def test_a_failed_background_save_is_raised_not_lost(tmp_path, monkeypatch):
 
 
 def test_a_failed_last_save_in_a_run_is_an_output_error(tmp_path, monkeypatch):
-  def fail(self, step, state, host, config_dict, on_started=None):
+  def fail(self, step, state, host, config_dict, on_saved=None):
     raise OSError(28, "No space left on device", "checkpoints")
 
   monkeypatch.setattr(ckpt_lib.Checkpointer, "_save_now", fail)
   c = _config(20, every=10)
   with pytest.raises(train.workdir_lib.OutputError, match="No space left"):
     train.run(c, str(tmp_path / "run"))
+
+
+UNWRITABLE_ARGS = ["--config", "experiments/mnist1d.py:tiny", "--config.train.progress=false",
+                   "--config.train.tensorboard=false", "--config.checkpoint.every=20",
+                   "--config.train.log_every=10", "--config.model.hidden=(16,16)"]
+
+# Run as `python -c _REFUSING_MKDIR CHECKPOINTS PDIST_ARGS...`: python -m pdist, in a process whose
+# os.mkdir refuses new entries in CHECKPOINTS with EACCES, as a folder chmod 0555 refuses a user
+# other than root (root writes into it regardless).
+_REFUSING_MKDIR = """
+import errno, os, sys
+folder, real_mkdir = sys.argv.pop(1), os.mkdir
+def mkdir(path, *args, **kwargs):
+  if os.path.dirname(os.path.abspath(os.fsdecode(path))) == folder:
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+  return real_mkdir(path, *args, **kwargs)
+os.mkdir = mkdir
+from pdist.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _refuses_writes(folder) -> bool:
+  """Whether this process is refused a new entry in `folder` (not so for root)."""
+  try:
+    os.mkdir(os.path.join(folder, "probe"))
+  except PermissionError:
+    return True
+  os.rmdir(os.path.join(folder, "probe"))
+  return False
+
+
+def test_an_unwritable_checkpoints_folder_stops_the_run_at_once_in_one_sentence(tmp_path):
+  """The folder becomes unwritable between a run and its resumption: the resumed run stops
+  within seconds (orbax's background directory creation used to hold the process for its
+  5-minute timeout), in one sentence, announces no checkpoint it did not write, and summary.json
+  says it stopped and which checkpoint is the last one."""
+  from pdist import config as config_lib
+  work = tmp_path / "run"
+  overrides = [a for a in UNWRITABLE_ARGS if a.startswith("--config.")]
+  train.run(config_lib.load(os.path.join(ROOT, UNWRITABLE_ARGS[1]),
+                            overrides + ["--config.train.steps=40"]), str(work))
+  folder = str(work / "checkpoints")
+  committed = sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+  assert committed == [20, 40]
+  os.chmod(folder, 0o555)
+  try:
+    args = UNWRITABLE_ARGS + ["--config.train.steps=100", "--workdir", str(work)]
+    if _refuses_writes(folder):     # not root: the folder itself refuses
+      cmd = [sys.executable, "-m", "pdist", *args]
+    else:                           # root: the process's mkdir refuses, with the same error
+      cmd = [sys.executable, "-c", _REFUSING_MKDIR, folder, *args]
+    began = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=150)
+    seconds = time.monotonic() - began
+  finally:
+    os.chmod(folder, 0o755)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert seconds < 60, seconds       # it ran ~300 s
+  assert lines[0] == "pdist: resuming from the checkpoint at update 40", lines
+  assert len(lines) == 2 and lines[1].startswith("pdist: training stopped: could not write "
+                                                 f"{folder}/"), lines
+  assert "Permission denied" in lines[1] and "(update 40)" in lines[1], lines[1]
+  assert sorted(int(n) for n in os.listdir(folder) if n.isdigit()) == committed
+  summary = metrics.read_json(str(work / "summary.json"))
+  assert summary["status"] == "stopped" and "Permission denied" in summary["stopped_because"]
+  assert summary["last_checkpoint"] == max(committed) and summary["resumed_from"] == 40
+
+
+def test_a_checkpoint_that_fails_while_written_is_not_announced(tmp_path, monkeypatch, capsys,
+                                                                 caplog):
+  """A write that fails after orbax has taken the save (disk full while the files are written):
+  no "checkpoint at update" line for it, the run stops with its error, summary.json names the
+  last checkpoint committed, and orbax's threads log no tracebacks of it."""
+  import builtins
+  real_open = builtins.open
+
+  def full_disk_open(path, *args, **kwargs):   # pdist's metadata item of the save at update 30,
+    # which orbax writes in its background threads once the save call has returned
+    if "checkpoints/30.orbax-checkpoint-tmp/meta" in os.fspath(path):
+      raise OSError(28, "No space left on device", os.fspath(path))
+    return real_open(path, *args, **kwargs)
+
+  work = str(tmp_path / "run")
+  monkeypatch.setattr(builtins, "open", full_disk_open)
+  with pytest.raises(train.workdir_lib.OutputError, match="No space left on device") as caught:
+    train.run(_config(50, every=10), work)
+  monkeypatch.undo()
+  err = capsys.readouterr().err
+  announced = [int(line.split()[-1]) for line in err.splitlines()
+               if line.startswith("pdist: checkpoint at update")]
+  assert announced == [10, 20]
+  assert "could not be written" not in err     # the failure is reported once, by the caller
+  assert ckpt_lib.Checkpointer(os.path.join(work, "checkpoints")).steps() == [10, 20]
+  summary = metrics.read_json(os.path.join(work, "summary.json"))
+  assert summary["status"] == "stopped" and summary["last_checkpoint"] == 20
+  assert caught.value.last_checkpoint == 20
+  assert not [r for r in caplog.records if r.levelno >= 40 and "orbax" in r.pathname]
+
+
+def _tensorboard_values(directory):
+  """{tag: [(step, value)]} of every summary value in the event files (TFRecord framing read
+  here without CRC checks; text values as their bytes), in file order."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+    data, pos = open(path, "rb").read(), 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        value = v.simple_value if v.HasField("simple_value") else v.tensor.string_val[0]
+        out.setdefault(v.tag, []).append((event.step, value))
+  return out
+
+
+def test_a_resumed_run_logs_each_step_once_to_tensorboard(tmp_path):
+  """A run killed after logging past its last checkpoint (here: 30 and 40 logged, only the
+  checkpoint at 20 committed, the last event torn) and resumed: the event files hold each step
+  once per tag, with the values of an uninterrupted run, and the config once."""
+  import shutil
+  c = _config(40, every=20)
+  c.train.tensorboard = True
+  ref, work = tmp_path / "ref", tmp_path / "run"
+  train.run(c, str(ref))
+  train.run(c, str(work))
+  shutil.rmtree(work / "checkpoints" / "40")           # its save never committed
+  newest = sorted(glob.glob(str(work / "tensorboard" / "events.out.tfevents.*")))[-1]
+  with open(newest, "ab") as f:                        # killed while writing an event
+    f.write(b"\x40\x00\x00")
+  assert train.run(c, str(work)).summary["resumed_from"] == 20
+  want, got = _tensorboard_values(str(ref / "tensorboard")), \
+      _tensorboard_values(str(work / "tensorboard"))
+  assert set(got) == set(want) and "loss" in got and "eval_accuracy" in got
+  for tag, points in got.items():
+    steps = [step for step, _ in points]
+    assert sorted(steps) == sorted(set(steps)) == sorted(s for s, _ in want[tag]), tag
+    if tag not in metrics.TIMING_FIELDS:
+      assert sorted(points) == sorted(want[tag]), tag  # resumed bit for bit
+  assert len(got["config/text_summary"]) == 1
+  rows = metrics.read(str(work))
+  assert sorted(s for s, _ in got["loss"]) == [r["step"] for r in rows] == [10, 20, 30, 40]
 
 
 def test_fields_newer_than_a_checkpoint_match_at_their_defaults():

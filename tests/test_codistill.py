@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import assert_one_clear_line, max_diff, quiet_experiment
+from conftest import assert_one_clear_line, max_diff, quiet_experiment, switch_strategy
 from pdist import train
 
 
@@ -14,8 +14,7 @@ def _config(**fields):
 
 
 def _single(seed):
-  c = _config(train__seed=seed)
-  c.strategy = "single"
+  c = switch_strategy(_config(train__seed=seed), "single")
   return train.run(c).params
 
 
@@ -66,9 +65,22 @@ def test_resume_is_bit_identical(tmp_path):
     (["--config.codistill.weight=1.5"], "config.codistill.weight must be in [0, 1]"),
     (["--config.codistill.replicas=0"], "config.codistill.replicas must be positive"),
     (["--config.distill.teacher=runs/x"], "learns from its own replicas"),
+    # the tiny preset trains 20 updates: update 20 would be the first to distil
+    (["--config.codistill.burn_in=20"],
+     "config.codistill.burn_in=20 must be below config.train.steps=20, or the distillation "
+     "term never starts"),
+    (["--config.codistill.burn_in=1000", "--config.train.steps=30"],
+     "config.codistill.burn_in=1000 must be below config.train.steps=30"),
 ])
 def test_bad_codistill_input_gives_one_clear_line(args, message, tmp_path, capsys):
   assert_one_clear_line("codistill.py:tiny", args, message, tmp_path / "w", capsys)
+
+
+def test_a_burn_in_that_ends_before_the_last_update_is_accepted_and_distils():
+  late = train.run(_config(codistill__burn_in=19))   # validated: update 19, the last, distils
+  plain = train.run(_config(codistill__weight=0.0))   # never distils
+  assert late.rows[0]["step"] == 10 and late.rows[0]["loss"] == plain.rows[0]["loss"]
+  assert max_diff(late.params, plain.params) > 0
 
 
 def _servers(**fields):
@@ -79,8 +91,7 @@ def _servers(**fields):
 
 
 def _ps(seed):
-  c = _servers(train__seed=seed)
-  c.strategy = "ps"
+  c = switch_strategy(_servers(train__seed=seed), "ps")
   return train.run(c)
 
 

@@ -23,8 +23,10 @@ def _config(strategy="sync", steps=12, **fields):
   c.optim.name, c.optim.momentum, c.optim.learning_rate = "sgd", 0.9, 0.05
   c.data.batch_size = 32
   c.model.hidden = (32, 32)
-  c.sync.devices = 2
-  c.ps.workers = 2
+  if strategy == "sync":
+    c.sync.devices = 2
+  if strategy == "ps":
+    c.ps.workers = 2
   c.train.steps, c.train.log_every, c.train.eval_every, c.train.progress = steps, 4, 0, False
   return set_fields(c, **fields)
 

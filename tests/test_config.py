@@ -60,6 +60,33 @@ def test_broken_experiment_file(tmp_path, capsys):
   code = main(["--config", str(bad), "--workdir", str(tmp_path / "w")])
   err = capsys.readouterr().err
   assert code == 2 and "ZeroDivisionError" in err and "Traceback" not in err
+  assert f"config file '{bad}' line 2" in err   # where in the file
+
+
+@pytest.mark.parametrize("body, message", [
+    ("  c.optim.lerning_rate = 0.5\n",
+     "line 4 sets 'lerning_rate', which is not a field of the config (did you mean "
+     "'learning_rate'?)"),
+    ("  c.newgroup = 1\n", "line 4 sets 'newgroup', which is not a field of the config"),
+])
+def test_a_misspelt_field_in_an_experiment_file_is_refused(body, message, tmp_path, capsys):
+  """The schema is locked: a typo in an experiment file never trains at the default silently."""
+  bad = tmp_path / "typo.py"
+  bad.write_text("from pdist import config\ndef get_config(arg=None):\n"
+                 "  c = config.base_config()\n" + body + "  return c\n")
+  code = main(["--config", str(bad), "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err
+  assert code == 2 and message in err, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "w").exists()   # nothing was written
+
+
+def test_get_config_must_return_a_config(tmp_path, capsys):
+  bad = tmp_path / "dict.py"
+  bad.write_text("def get_config(arg=None):\n  return {'optim': {'learning_rate': 0.5}}\n")
+  code = main(["--config", str(bad), "--workdir", str(tmp_path / "w")])
+  err = capsys.readouterr().err
+  assert code == 2 and "get_config(None) returned dict, not a config" in err, err
 
 
 def test_diverging_run_stops_with_clear_message(tmp_path, capsys):
@@ -120,18 +147,21 @@ def test_a_registered_strategy_brings_its_config_group_and_checks(tmp_path):
 
   registry.STRATEGIES.register("halved", config=defaults, validate=validate)(Halved)
   try:
-    c = config_lib.load(MNIST, ["--config.halved.lr_factor=0.5", "--config.train.progress=False"])
+    c = config_lib.load(MNIST, ["--config.halved.lr_factor=0.5", "--config.train.progress=False",
+                                "--config.strategy=halved"])
     assert c.halved.lr_factor == 0.5
-    c.halved.lr_factor = -1.0  # not selected: not checked
-    config_lib.validate(c)
-    c.strategy = "halved"
+    c.strategy = "single"   # not selected: its checks do not run, but its fields must be at default
+    with pytest.raises(config_lib.ConfigError, match="config.halved.lr_factor=0.5 is set but "
+                       "config.strategy='single' does not read config.halved"):
+      config_lib.validate(c)
+    c.strategy, c.halved.lr_factor = "halved", -1.0
     with pytest.raises(config_lib.ConfigError, match="config.halved.lr_factor must be positive"):
       config_lib.validate(c)
     c.halved.lr_factor = 0.5
     c.optim.learning_rate = 0.2
     halved = train.run(c)
     assert isinstance(halved.strategy, Halved)
-    c.strategy, c.optim.learning_rate = "single", 0.1
+    c.strategy, c.optim.learning_rate, c.halved.lr_factor = "single", 0.1, 1.0
     plain = train.run(c)
     for a, b in zip(jax.tree.leaves(halved.params), jax.tree.leaves(plain.params)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -75,6 +75,26 @@ def test_bad_teacher_input_gives_one_clear_line(teacher, tmp_path, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_teacher_of_several_seeds_is_refused_naming_them(tmp_path, capsys):
+  """A train.seeds=3 run holds three models: as a teacher it is one sentence that names its
+  seeds and how to get one of them alone, and the student does not start."""
+  c = load_experiment("mnist1d", "tiny")
+  c.model.hidden, c.train.seeds = (16,), 3
+  c.train.progress, c.train.save_params, c.train.tensorboard = False, True, False
+  teacher = str(tmp_path / "seeds")
+  train.run(c, teacher)
+  capsys.readouterr()
+  student = tmp_path / "student"
+  code = main(["--config", f"{EXPERIMENTS}/distill.py:tiny", "--workdir", str(student),
+               "--config.distill.teacher=" + teacher])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert ("trained 3 copies at once (config.train.seeds=3, seeds 0 to 2)" in err
+          and "--config.train.seeds=1 --config.train.seed=S, S one of 0, 1, 2" in err), err
+  assert not (student / "metrics.jsonl").exists()
+
+
 def test_ray_workers_distil_from_the_teacher_they_are_sent(teacher):
   """ps on Ray: the driver loads the teacher and ships it (pickled, as Ray does) to each worker
   process, whose gradient then carries the soft term; the body of the actor runs here."""

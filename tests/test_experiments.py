@@ -35,6 +35,38 @@ def test_experiment_runs_tiny(name, tmp_path):
   assert result.summary["steps"] == config.train.steps
 
 
+def _preset_pairs():
+  from pdist import config as config_lib
+  pairs = []
+  for name in NAMES:
+    module, _ = config_lib.load_experiment(os.path.join(EXPERIMENTS, f"{name}.py"))
+    pairs += [(name, preset) for preset in sorted(module.PRESETS) if preset != "tiny"]
+  return pairs
+
+
+PAIRS = _preset_pairs()
+
+
+@pytest.mark.parametrize("name, preset", PAIRS, ids=[f"{n}:{p}" for n, p in PAIRS])
+def test_every_preset_combines_with_tiny_in_either_order(name, preset, tmp_path):
+  """`tiny` wins wherever it is written: "tiny,P" and "P,tiny" are one config, as short as the
+  experiment's own tiny, and it trains (ps on Ray only validated here: each Ray start costs
+  seconds; test_ps_ray.py runs its presets)."""
+  from pdist import config as config_lib
+  path = os.path.join(EXPERIMENTS, f"{name}.py")
+  first = config_lib.load(f"{path}:tiny,{preset}")
+  second = config_lib.load(f"{path}:{preset},tiny")
+  assert first.to_dict() == second.to_dict()
+  alone = config_lib.load(f"{path}:tiny")
+  assert first.train.steps == alone.train.steps
+  assert first.data.num_train == alone.data.num_train
+  if first.strategy == "ps" and first.ps.backend == "ray":
+    return
+  first.train.progress, first.train.tensorboard = False, False
+  result = train.run(first, str(tmp_path))
+  assert result.summary["steps"] == first.train.steps
+
+
 def test_every_command_in_the_experiment_cards_loads():
   """The commands each experiment's docstring gives (its card) name a loadable config."""
   import re
@@ -101,6 +133,22 @@ def test_sweep_runs_every_variant_and_plots(tmp_path):
   # the scaled variant really ran at 8x the learning rate of `small`
   scaled = json.load(open(tmp_path / "large_scaled" / "config.json"))
   assert scaled["data"]["batch_size"] == 256 and scaled["optim"]["base_batch_size"] == 32
+
+
+def test_the_sweep_command_line_wins_over_the_variants(capsys):
+  from pdist import config as config_lib
+  from pdist import sweep
+  spec = os.path.join(EXPERIMENTS, "large_batch.py") + ":tiny"
+  got = sweep.configs(spec, ["--config.train.steps=12"])
+  assert [(n, c.train.steps) for n, _, c in got] == [("small", 12), ("large_scaled", 12),
+                                                      ("large", 12)]
+  assert [c.data.batch_size for _, _, c in got] == [32, 256, 256]   # the rest stays the variant's
+  err = capsys.readouterr().err
+  assert "large: the command line's config.train.steps=12 replaces the variant's 20" in err
+  with pytest.raises(config_lib.ConfigError, match="makes every variant .* the same run"):
+    sweep.configs(spec, ["--config.data.batch_size=64", "--config.optim.base_batch_size=0",
+                         "--config.optim.schedule='constant'", "--config.optim.warmup_steps=0",
+                         "--config.train.log_every=5", "--config.train.eval_every=10"])
 
 
 def test_sweep_records_a_diverged_variant_and_goes_on(tmp_path):
@@ -177,5 +225,8 @@ def test_reproductions_run_tiny_and_judge_claims_by_their_range(tmp_path, capsys
   rows = json.load(open(tmp_path / "reproduce.json"))
   assert [r["name"] for r in rows] == ["rounds_ratio", "accuracy_gain"]
   assert rows[0]["mean"] == pytest.approx(5.0) and rows[0]["seeds"] == 3  # 5x, exactly
-  assert "pass" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "pass" in out
+  for r in rows:   # every claim's every word is in the table (long claims wrap, never cut)
+    assert all(word in out.split() for word in r["claim"].split()), r["claim"]
   assert reproduce.main(["--only", "nobody2099"]) == 2

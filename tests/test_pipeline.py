@@ -118,5 +118,6 @@ def test_chain_runs_in_order_and_merges_stats():
 
 @pytest.mark.parametrize("strategy", ["single", "sync", "ps"])
 def test_empty_pipeline_state_has_no_arrays(strategy):
-  r = train.run(_config(strategy, steps=4, sync__devices=2, ps__workers=2))
+  own = {"sync": {"sync__devices": 2}, "ps": {"ps__workers": 2}}.get(strategy, {})
+  r = train.run(_config(strategy, steps=4, **own))
   assert jax.tree.leaves(r.state["pipeline"]) == []

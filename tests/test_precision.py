@@ -59,6 +59,50 @@ def test_qat_run_evaluates_as_its_int8_export(tmp_path, capsys):
     assert any(k.endswith(":int8") and stored[k].dtype == np.int8 for k in stored.files)
 
 
+def _int8_within_half_a_step(workdir, seeds=1):
+  """params_int8.npz holds, for every weight of params.npz with two or more axes (besides the
+  seed axis of a run of several seeds), int8 values of its shape and scales, which give it back
+  to within half a step; returns how many."""
+  params = train.load_params(os.path.join(workdir, "params.npz"))
+  with np.load(os.path.join(workdir, "params_int8.npz")) as stored:
+    names = {k.rsplit(":", 1)[0] for k in stored.files}
+    weights = {k for k, w in params.items() if w.ndim >= 2 + (seeds > 1)}
+    assert names <= set(params) and weights <= names
+    for name in names:
+      values, scale, w = stored[f"{name}:int8"], stored[f"{name}:scale"], params[name]
+      assert values.dtype == np.int8 and values.shape == w.shape
+      assert np.all(np.abs(values * scale - w) <= scale / 2 * (1 + 1e-6)), name
+  return len(names)
+
+
+def test_quantize_a_run_of_several_seeds_reports_each_seed(tmp_path, capsys):
+  """train.seeds=3 saves its copies stacked on a leading axis: each is quantised on its own, its
+  float32 figures are the run's own final evaluation of that seed, and seed 1's are those of the
+  run with seed 1 alone."""
+  many, alone = str(tmp_path / "seeds"), str(tmp_path / "seed1")
+  c = _config()
+  c.train.seeds = 3
+  result = train.run(c, many)
+  one = _config()
+  one.train.seed = 1
+  train.run(one, alone)
+  assert quantize.main([many]) == 0 and quantize.main([alone]) == 0
+  out = capsys.readouterr().out
+  with open(os.path.join(many, "quantized.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(alone, "quantized.json")) as f:
+    single = json.load(f)
+  assert [s["seed"] for s in report["seeds"]] == [0, 1, 2]
+  for key in ("eval_accuracy", "eval_loss"):
+    assert [s["float32"][key] for s in report["seeds"]] == pytest.approx(
+        result.summary[f"{key}_seeds"], rel=1e-6)
+    for part in ("float32", "int8"):
+      assert report["seeds"][1][part][key] == pytest.approx(single[part][key], rel=1e-4, abs=1e-9)
+      assert report[part][key] == pytest.approx(np.mean([s[part][key] for s in report["seeds"]]))
+  assert all(f"seed {s}: eval_accuracy" in out for s in (0, 1, 2))
+  assert _int8_within_half_a_step(many, seeds=3) == _int8_within_half_a_step(alone) == 3
+
+
 def test_quantize_without_params_is_one_clear_line(tmp_path, capsys):
   c = _config()
   c.train.save_params = False

@@ -234,6 +234,26 @@ def test_scripted_crash_loses_the_in_flight_gradient():
   assert r.summary["sim_time"] == pytest.approx(11.0)
 
 
+def test_a_scripted_crash_after_the_end_is_said_not_to_have_happened(tmp_path, capsys):
+  """The run of test_scripted_crash_loses_the_in_flight_gradient ends at simulated time 11:
+  a crash scripted at 11.5 never happens, which summary.json and a warning say; continued to 40
+  updates, the run reaches it."""
+  fields = dict(ps__workers=2, ps__failures__at=((2.5, 0), (11.5, 1)),
+                ps__failures__restart_delay=1.0)
+  r = train.run(_config(steps=20, **fields), str(tmp_path))
+  assert r.summary["sim_time"] == pytest.approx(11.0) and r.summary["crashes"] == 1
+  assert r.summary["scripted_failures_not_reached"] == [[11.5, 1]]
+  assert metrics.read_json(str(tmp_path / "summary.json"))["scripted_failures_not_reached"] == [
+      [11.5, 1]]
+  err = capsys.readouterr().err
+  assert ("warning: the run ended at simulated time 11, before config.ps.failures.at's "
+          "(time 11.5, worker 1), which therefore never happened") in err
+  longer = train.run(_config(steps=40, **fields), str(tmp_path))
+  assert longer.summary["resumed_from"] == 20 and longer.summary["crashes"] == 2
+  assert "scripted_failures_not_reached" not in longer.summary
+  assert "warning" not in capsys.readouterr().err
+
+
 def test_network_time_and_bytes():
   r = train.run(_config(ps__workers=1, ps__latency=0.5, steps=10, log_every=10))
   n_bytes = sum(x.size * 4 for x in jax.tree.leaves(r.params))

@@ -125,6 +125,37 @@ def test_ray_address_without_ray_is_refused(tmp_path, capsys):
                         "only applies to config.ps.backend='ray'", tmp_path / "w", capsys)
 
 
+def test_a_worker_partition_too_small_is_refused_before_ray_starts(tmp_path, capsys,
+                                                                  monkeypatch):
+  """64 workers share the tiny preset's 512 examples, 8 each, under batches of 32: every worker
+  process would refuse its sampler once Ray and the actors are up (exit 3 after minutes); the
+  driver refuses it first, with the emulator's sentence."""
+  from pdist.strategies.ps_ray import server
+
+  def never(*args, **kwargs):
+    raise AssertionError("Ray was started")
+  monkeypatch.setattr(server, "start_ray", never)
+  assert_one_clear_line("ps_ray.py:tiny", ["--config.ps.workers=64"],
+                        "config.data.batch_size=32 per worker does not fit: a worker's data has "
+                        "8 examples (config.data.partition='iid', 64 workers)", tmp_path / "w",
+                        capsys)
+
+
+def test_scripted_kills_the_run_did_not_reach_are_said(capsys):
+  """Kills of config.ps.failures.at still ahead when the run ends go into summary.json (in
+  seconds of training, as written) and a warning; a resumed run's past ones do not."""
+  c = _config(ps__failures__at=((0.5, 0), (2.5, 1)))
+  strategy = strategies.build(c, tasks.build(c, load_data(c.data)))   # Ray is not started
+  assert strategy.describe(None)["scripted_failures_not_reached"] == [[0.5, 0], [2.5, 1]]
+  strategy.load_host_state({**strategy.host_state(), "trained_seconds": 1.0})   # resumed at 1 s
+  assert strategy.describe(None)["scripted_failures_not_reached"] == [[2.5, 1]]
+  strategy.check_finished(None)
+  assert ("the run ended after 1.00 s of training, before config.ps.failures.at's (time 2.5, "
+          "worker 1), which therefore never happened") in capsys.readouterr().err
+  strategy.load_host_state({**strategy.host_state(), "trained_seconds": 3.0})
+  assert "scripted_failures_not_reached" not in strategy.describe(None)
+
+
 def test_a_resumed_run_keeps_only_the_kills_still_ahead():
   from pdist.strategies.ps_ray import kill_schedule
   at = ((2.5, 1), (0.5, 0), (4.0, 2))

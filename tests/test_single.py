@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_experiment
+from conftest import assert_one_clear_line, load_experiment
 from pdist import data, metrics, optim, strategies, tasks, train
 
 
@@ -103,6 +103,34 @@ def test_call_size_is_decided_by_time_on_accelerators(monkeypatch):
   c.train.updates_per_call = 0      # several processes: never sized by each one's own clock
   monkeypatch.setattr(train.jax, "process_count", lambda: 2)
   assert train._CallSize(c, segmented=True).decided
+
+
+def test_updates_per_call_says_what_it_became(tmp_path, capsys):
+  c = _config(train__steps=35, train__log_every=5, train__eval_every=0,
+              train__updates_per_call=1000000)
+  result = train.run(c, str(tmp_path))
+  err = capsys.readouterr().err
+  assert ("config.train.updates_per_call=1000000: a compiled call covers whole log rows, a power "
+          "of two of them and at most 64: 64 row(s) of 5 updates (320 updates)") in err
+  # 7 rows to the end: calls of 4, 2 and 1 rows (powers of two), so 20 updates at most
+  assert result.summary["updates_per_call_used"] == 20
+  assert metrics.read_json(str(tmp_path / "summary.json"))["updates_per_call_used"] == 20
+  exact = train.run(_config(train__steps=35, train__log_every=5, train__eval_every=0,
+                            train__updates_per_call=20))
+  assert "updates_per_call" not in capsys.readouterr().err   # taken as it is: nothing to say
+  assert exact.summary["updates_per_call_used"] == 20
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--config.strategy=ps"], "config.strategy='ps'"),
+    (["--config.train.seeds=2"], "config.train.seeds=2"),
+    (["--config.strategy=sync", "--config.sync.backend=pmap", "--config.data.batch_size=96"],
+     "config.strategy='sync' with config.sync.backend='pmap'"),
+])
+def test_updates_per_call_is_refused_where_it_cannot_take_effect(args, what, tmp_path, capsys):
+  assert_one_clear_line("mnist1d.py:tiny", ["--config.train.updates_per_call=100", *args],
+                        f"config.train.updates_per_call=100 cannot take effect: {what} runs one "
+                        "log row a compiled call", tmp_path / "w", capsys)
 
 
 def test_a_resumed_run_may_change_updates_per_call(tmp_path):
@@ -243,7 +271,8 @@ def test_every_dataset_model_pair_trains(dataset, model):
   c.data.num_train, c.data.num_test = 512, 128
   if dataset in ("teacher", "regression"):
     c.data.dim = 32
-  c.model.hidden = (16,)
+  if model != "linear":   # linear has no hidden layers (and refuses the field)
+    c.model.hidden = (16,)
   r = train.run(c)
   first_loss = float(r.strategy.task.loss(
       r.strategy.task.init(jax.random.PRNGKey(0)),

@@ -92,7 +92,7 @@ def quadratic() -> Dataset:
 
 # -- registered loaders: name -> fn(config.data) -> Dataset, with the fields each one reads ----------
 # Shared fields a dataset does not read must stay at their defaults: a value set for another
-# dataset is refused rather than silently ignored.
+# dataset is refused rather than silently ignored (registry.Entry.reads, checked by config).
 DEFAULTS = {
     "num_train": 4000,   # training examples generated (mnist1d, teacher, regression; digits: a subset)
     "num_test": 1000,    # test examples generated
@@ -109,17 +109,7 @@ READS = {"mnist1d": ("num_train", "num_test"), "digits": ("num_train", "num_test
 DIGITS_SPLIT = (1497, 300)
 
 
-def _unused_fields_at_default(config) -> None:
-  name = config.data.name
-  for field, default in DEFAULTS.items():
-    if field not in READS[name] and config.data[field] != default:
-      raise ConfigError(f"config.data.{field}={config.data[field]} does not apply to "
-                        f"config.data.name='{name}' (it reads {', '.join(READS[name])}); leave "
-                        f"it at {default}")
-
-
 def _validate_digits(config) -> None:
-  _unused_fields_at_default(config)
   for field, have in zip(("num_train", "num_test"), DIGITS_SPLIT):
     value = config.data[field]
     if value != DEFAULTS[field] and value > have:
@@ -136,29 +126,31 @@ def _digits_subset(d) -> Dataset:
 
 
 def _validate_quadratic(config) -> None:
-  _unused_fields_at_default(config)
   if config.data.parts < 1 or config.data.parts > config.data.dim:
     raise ConfigError(f"config.data.parts must be in [1, config.data.dim], got {config.data.parts}")
   if config.model.name != "none":
     raise ConfigError("config.data.name='quadratic' trains theta directly: set config.model.name='none'")
 
 
-DATASETS.register("mnist1d", validate=_unused_fields_at_default)(
+def _reads(name: str) -> tuple[str, ...]:
+  return tuple(f"data.{field}" for field in READS[name])
+
+
+DATASETS.register("mnist1d", reads=_reads("mnist1d"))(
     lambda d: mnist1d(d.num_train, d.num_test))
-DATASETS.register("digits", validate=_validate_digits)(_digits_subset)
-DATASETS.register("teacher", validate=_unused_fields_at_default)(
+DATASETS.register("digits", validate=_validate_digits, reads=_reads("digits"))(_digits_subset)
+DATASETS.register("teacher", reads=_reads("teacher"))(
     lambda d: teacher(d.num_train, d.num_test, d.dim, d.num_classes, d.seed))
-DATASETS.register("regression", validate=_unused_fields_at_default)(
+DATASETS.register("regression", reads=_reads("regression"))(
     lambda d: regression_teacher(d.num_train, d.num_test, d.dim, d.seed))
-DATASETS.register("quadratic", validate=_validate_quadratic)(lambda d: quadratic())
+DATASETS.register("quadratic", validate=_validate_quadratic, reads=_reads("quadratic"))(lambda d: quadratic())
 def _validate_text(config) -> None:
-  _unused_fields_at_default(config)
   if config.model.name != "transformer":
     raise ConfigError(f"config.data.name='numpy_docs' is token data for a language model: set "
                       f"config.model.name='transformer' (not '{config.model.name}')")
 
 
-DATASETS.register("numpy_docs", validate=_validate_text)(
+DATASETS.register("numpy_docs", validate=_validate_text, reads=_reads("numpy_docs"))(
     lambda d: text.language_dataset(d.seq_len))
 
 

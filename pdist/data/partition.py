@@ -73,7 +73,7 @@ def dirichlet(labels: np.ndarray, workers: int, alpha: float, seed: int) -> list
 # -- registered schemes: name -> fn(dataset, workers, seed, config.data) -> parts (None = shared) -----
 PARTITIONS.register("iid")(lambda ds, k, seed, d: iid(ds.num_train, k, seed))
 PARTITIONS.register("label")(lambda ds, k, seed, d: label_shards(ds.y_train, k, seed))
-PARTITIONS.register("dirichlet")(
+PARTITIONS.register("dirichlet", reads=("data.dirichlet_alpha",))(
     lambda ds, k, seed, d: dirichlet(ds.y_train, k, d.dirichlet_alpha, seed))
 PARTITIONS.register("shared")(lambda ds, k, seed, d: None)
 # contiguous stretches in the data's own order (for text: each worker or client its own part of

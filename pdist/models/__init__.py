@@ -50,7 +50,7 @@ def _dtype(m):
   return jnp.dtype(m.dtype)
 
 
-@MODELS.register("mlp")
+@MODELS.register("mlp", reads=("model.hidden",))
 def _mlp(m, inputs: ModelInputs) -> nn.Module:
   return MLP(hidden=tuple(m.hidden), num_outputs=inputs.num_outputs, dtype=_dtype(m))
 
@@ -60,14 +60,14 @@ def _linear(m, inputs: ModelInputs) -> nn.Module:
   return MLP(hidden=(), num_outputs=inputs.num_outputs, dtype=_dtype(m))
 
 
-@MODELS.register("cnn1d")
+@MODELS.register("cnn1d", reads=("model.hidden", "model.kernel"))
 def _cnn1d(m, inputs: ModelInputs) -> nn.Module:
   _needs_rank("cnn1d", 1, "1-D inputs (signals such as mnist1d, teacher, regression)", inputs)
   return CNN1D(channels=tuple(m.hidden), kernel=m.kernel, num_outputs=inputs.num_outputs,
                dtype=_dtype(m))
 
 
-@MODELS.register("cnn2d")
+@MODELS.register("cnn2d", reads=("model.hidden", "model.kernel"))
 def _cnn2d(m, inputs: ModelInputs) -> nn.Module:
   _needs_rank("cnn2d", 2, "image inputs (2-D examples such as digits)", inputs)
   return CNN2D(channels=tuple(m.hidden), kernel=min(m.kernel, 3), num_outputs=inputs.num_outputs,
@@ -88,7 +88,8 @@ def _validate_transformer(config) -> None:
                       f"data (config.data.name='numpy_docs'), not '{config.data.name}'")
 
 
-@MODELS.register("transformer", validate=_validate_transformer)
+@MODELS.register("transformer", validate=_validate_transformer,
+                 reads=("model.width", "model.layers", "model.heads", "model.positions"))
 def _transformer(m, inputs: ModelInputs) -> nn.Module:
   return Transformer(vocab_size=inputs.vocab_size, seq_len=inputs.seq_len, width=m.width,
                      layers=m.layers, heads=m.heads, positions=m.positions, dtype=_dtype(m))

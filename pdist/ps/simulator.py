@@ -137,6 +137,12 @@ class Simulator:
       self._schedule(t, "random_crash", w, self.crash_token[w])
 
   # -- public -----------------------------------------------------------------------------------
+  def scripted_crashes_ahead(self) -> list[list]:
+    """[time, worker] of config.ps.failures.at's crashes the simulation has not reached."""
+    if not self.started:
+      return [[t, w] for t, w in self.timing.crash_at]
+    return sorted([e[0], e[3]] for e in self.heap if e[2] == "crash")
+
   def advance(self, num_updates: int) -> Interval:
     """Simulates until `num_updates` more updates have been applied; returns their ops."""
     if not self.started:

@@ -18,6 +18,7 @@ it was computed on (for a bsp round: over all the workers' gradients of that rou
 from __future__ import annotations
 
 import abc
+import sys
 from typing import Any
 
 import jax
@@ -125,6 +126,21 @@ class Strategy(abc.ABC):
     if self.privacy is None:
       return row
     return self.privacy.released(row, self.public_row_keys())
+
+
+UNREACHED_FAILURES = "scripted_failures_not_reached"   # summary.json's field
+
+
+def warn_unreached_failures(unreached: list, ended: str) -> None:
+  """One line on stderr when config.ps.failures.at's scripted failures `unreached` ([time,
+  worker], ...) never happened because the run ended first (`ended`: when it ended); summary.json
+  lists them under UNREACHED_FAILURES."""
+  if not unreached:
+    return
+  which = ", ".join(f"(time {t:g}, worker {w})" for t, w in unreached)
+  print(f"pdist: warning: the run ended {ended}, before config.ps.failures.at's {which}, which "
+        f"therefore never happened (summary.json: {UNREACHED_FAILURES}); more "
+        "config.train.steps or earlier times make them happen", file=sys.stderr)
 
 
 def init_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -70,6 +70,9 @@ def validate_codistill(config) -> None:
   c = config.codistill
   if not 0 <= c.weight <= 1:
     raise ConfigError(f"config.codistill.weight must be in [0, 1], got {c.weight}")
+  if c.burn_in and c.burn_in >= config.train.steps:   # update t distils from t = burn_in on
+    raise ConfigError(f"config.codistill.burn_in={c.burn_in} must be below config.train.steps="
+                      f"{config.train.steps}, or the distillation term never starts")
   if config.distill.teacher:
     raise ConfigError("config.strategy='codistill' learns from its own replicas; leave "
                       "config.distill.teacher empty")
@@ -92,7 +95,8 @@ def validate_codistill(config) -> None:
                         "defaults")
 
 
-@STRATEGIES.register("codistill", config=codistill_config, validate=validate_codistill)
+@STRATEGIES.register("codistill", config=codistill_config, validate=validate_codistill,
+                     uses=lambda c: ("ps",) if c.codistill.group == "ps" else ())
 def codistill(config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
   """Codistillation between replicas trained one update at a time, or by parameter servers."""
   if config.codistill.group == "ps":

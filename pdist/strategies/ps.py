@@ -184,6 +184,14 @@ class ParameterServerStrategy(base.Strategy):
   def host_state(self) -> dict:
     return self.simulator.state_dict()
 
+  def describe(self, state) -> dict:
+    ahead = self.simulator.scripted_crashes_ahead()
+    return {base.UNREACHED_FAILURES: ahead} if ahead else {}
+
+  def check_finished(self, state) -> None:
+    base.warn_unreached_failures(self.simulator.scripted_crashes_ahead(),
+                                 f"at simulated time {self.simulator.time:g}")
+
   def load_host_state(self, d: dict) -> None:
     self.simulator.load_state_dict(d)
 

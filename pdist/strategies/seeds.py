@@ -15,6 +15,9 @@ per run.
 
 from __future__ import annotations
 
+import sys
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +25,10 @@ import numpy as np
 from pdist.data import batch_indices
 from pdist.strategies import base
 from pdist.strategies.single import Single
+
+# set-up longer than this prints a line on stderr every this many seconds (many seeds' initial
+# states are built one after another, ~10 ms each here, before the first row)
+PROGRESS_SECONDS = 10.0
 
 
 def seed_batches(seeds, step: int, batch_size: int, num_train: int, num_steps: int) -> np.ndarray:
@@ -46,9 +53,27 @@ class Seeds(base.Strategy):
     return [self.first_seed + i for i in range(self.count)]
 
   def init(self, rng):
+    """Each copy's state as the run with its seed builds it, written in place into one stacked
+    state (so the seeds' states are never held twice, as a list and as its stack); a line on
+    stderr every PROGRESS_SECONDS while it takes long."""
     del rng  # each copy starts from its own seed, as a separate run would
-    states = [self.inner.initial_state(jax.random.PRNGKey(s)) for s in self.seeds()]
-    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), self.inner.device)
+    seeds = self.seeds()
+    first = self.inner.initial_state(jax.random.PRNGKey(seeds[0]))
+    stacked = jax.tree.map(
+        lambda x: jnp.zeros((self.count,) + x.shape, x.dtype, device=self.inner.device), first)
+    put = jax.jit(lambda all_, one, i: jax.tree.map(lambda a, b: a.at[i].set(b), all_, one),
+                  donate_argnums=(0,))
+    began = last = time.perf_counter()
+    for i, seed in enumerate(seeds):
+      state = first if i == 0 else self.inner.initial_state(jax.random.PRNGKey(seed))
+      stacked = put(stacked, jax.device_put(state, self.inner.device), i)
+      now = time.perf_counter()
+      if now - last >= PROGRESS_SECONDS and jax.process_index() == 0:
+        jax.block_until_ready(stacked)
+        print(f"pdist: initial states of {i + 1} of {self.count} seeds built "
+              f"({now - began:.0f} s)", file=sys.stderr, flush=True)
+        last = now
+    return stacked
 
   def step(self, state) -> int:
     return int(state["step"][0])

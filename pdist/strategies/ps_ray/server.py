@@ -15,6 +15,7 @@ import numpy as np
 
 from pdist import optim
 from pdist import tls
+from pdist.data import WorkerSampler
 from pdist.errors import TrainingError
 from pdist.ps import server as server_lib
 from pdist.ps import sharding
@@ -61,6 +62,16 @@ def validate_ray(config) -> None:
   tls.validate(config)   # ray_tls and, for 'files', that its three files are usable
 
 
+def check_partition(config, task: Task) -> None:
+  """Raises the ConfigError that each worker's process would raise when it builds its sampler
+  (workers.workers_of): e.g. a batch larger than a worker's part of the data. Checked here, in
+  the driver, because a worker's failure would come only after Ray and the actors started (a
+  minute and more); it needs the dataset, which config validation does not load."""
+  if task.has_data:
+    WorkerSampler(config.data, task.dataset, config.ps.workers, config.train.seed,
+                  config.data.batch_size)
+
+
 @dataclasses.dataclass
 class _Pull:
   worker: int
@@ -89,6 +100,7 @@ class RayParameterServer(base.Strategy):
     if pipeline is not None:
       raise ConfigError("config.ps.backend='ray' runs without a gradient pipeline")
     self.config, self.task, self.ps = config, task, config.ps
+    check_partition(config, task)   # what every worker process would refuse, before Ray starts
     self._tls = tls.RayTLS.from_config(config.ps)   # checked and switched on by start()
     if config.ps.ray_address not in ("", "auto"):
       check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes,
@@ -436,6 +448,19 @@ class RayParameterServer(base.Strategy):
         self._submit(w, iteration=self.host.round, round_=self.host.round)
     return metrics
 
+  def _unreached_kills(self) -> list[list]:
+    """[seconds, worker] of config.ps.failures.at's kills not made (the run ended first)."""
+    if self._started_at is None:
+      return [[t + self.host.trained_seconds, w]
+              for t, w in kill_schedule(self.ps.failures.at, self.host.trained_seconds)]
+    return [[t + self._trained_before, w] for t, w in self._kills]
+
+  def check_finished(self, state) -> None:
+    base.warn_unreached_failures(self._unreached_kills(), f"after "
+                                 f"{self.host.trained_seconds:.2f} s of training")
+
   def describe(self, state) -> dict:
+    unreached = self._unreached_kills()
     return {"ps_backend": "ray", "ray_startup_seconds": self.startup_seconds,
-            "ray_tls": self._tls.mode}
+            "ray_tls": self._tls.mode, **({base.UNREACHED_FAILURES: unreached} if unreached
+                                          else {})}
