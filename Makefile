@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/mnist1d_cnn
 
-.PHONY: run test bench notebooks reproduce venv clean
+.PHONY: run test test-all bench notebooks reproduce venv clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ run: $(STAMP)
 
 # two workers (the machine's two cores); files that start Ray share one worker (xdist_group)
 test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not long" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
 reproduce: $(STAMP)

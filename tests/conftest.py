@@ -85,6 +85,9 @@ def max_diff(a, b) -> float:
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than a few seconds (subprocesses, long runs)")
+  config.addinivalue_line(
+      "markers", "long: a long run whose code a quicker test also covers; `make test` leaves it "
+      "out (to stay under 8 minutes on 2 cores), `make test-all` runs it")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -170,3 +170,70 @@ def test_a_registered_strategy_brings_its_config_group_and_checks(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="config.strategy='halved' is not one of: "):
     c.strategy = "halved"
     strategies.build(c, None)
+
+
+def _other_value(default):
+  """A value of the same type as `default` and different from it."""
+  if isinstance(default, bool):
+    return not default
+  if isinstance(default, (int, float)):
+    return type(default)(default * 2 + 3)
+  if isinstance(default, tuple):
+    return default + (7,)
+  return str(default) + "_other"
+
+
+def _unread_cases():
+  """(registry field, component, shared field it does not read) over every registry."""
+  return [(registry.field, entry.name, field) for registry in config_lib.COMPONENTS
+          for entry in registry.entries() for field in registry.shared_fields()
+          if field not in entry.reads]
+
+
+@pytest.mark.parametrize("selector, name, field", _unread_cases())
+def test_a_field_the_selected_component_does_not_read_is_refused(selector, name, field):
+  """Generic over the registries: every component's unread shared fields must stay at their
+  defaults, and the ones it reads may be set."""
+  defaults = config_lib.base_config()
+  c = config_lib.base_config()
+  config_lib.set_field(c, selector[len("config."):], name)
+  registry = next(r for r in config_lib.COMPONENTS if r.field == selector)
+  registry.check_unread(c, defaults)   # all at their defaults: fine
+  config_lib.set_field(c, field, _other_value(config_lib.get(defaults, field)))
+  with pytest.raises(config_lib.ConfigError, match=f"config.{field}=.* does not apply to "
+                     f"{selector}='{name}'"):
+    registry.check_unread(c, defaults)
+  readers = [e for e in registry.entries() if field in e.reads]
+  assert readers   # someone reads it, and for them the same value passes
+  config_lib.set_field(c, selector[len("config."):], readers[0].name)
+  registry.check_unread(c, defaults)
+
+
+def test_every_registry_declares_what_it_reads():
+  """The registries whose components read different shared fields say so (a new component that
+  forgets `reads` would have its fields refused, which this catches before users do)."""
+  kinds = {r.kind: r.shared_fields() for r in config_lib.COMPONENTS}
+  assert kinds["model"] == ["model.heads", "model.hidden", "model.kernel", "model.layers",
+                            "model.positions", "model.width"]
+  assert "optim.momentum" in kinds["optimizer"] and "optim.warmup_steps" in kinds["schedule"]
+  assert kinds["partition"] == ["data.dirichlet_alpha"]
+  assert len(_unread_cases()) > 60
+
+
+@pytest.mark.parametrize("group", ["ps", "sync", "federated", "codistill"])
+def test_a_group_of_a_strategy_not_selected_is_refused(group, tmp_path, capsys):
+  c = config_lib.base_config()
+  field, value = next(iter(config_lib._leaves(c[group])))
+  args = [f"--config.{group}.{field}={_other_value(value)!r}"]
+  code = main(["--config", MNIST, "--workdir", str(tmp_path / "w")] + args)
+  err = capsys.readouterr().err
+  assert code == 2 and f"config.{group}.{field}=" in err
+  assert f"config.strategy='single' does not read config.{group}" in err
+
+
+def test_codistillation_of_parameter_servers_may_set_config_ps():
+  c = config_lib.load(os.path.join(EXPERIMENTS, "codistill.py") + ":tiny,ps",
+                      ["--config.ps.workers=3"])
+  assert c.strategy == "codistill" and c.ps.workers == 3
+  with pytest.raises(config_lib.ConfigError, match="does not read config.ps"):
+    config_lib.load(os.path.join(EXPERIMENTS, "codistill.py") + ":tiny", ["--config.ps.workers=3"])

@@ -12,8 +12,15 @@ from conftest import ROOT
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 
 
+# the parameter-server, federated and compression notebooks take 20-30 s each; the code they call
+# is tested on its own, and `make test-all` and `make notebooks` execute them
+LONG = ("02_parameter_server.ipynb", "04_federated.ipynb", "05_compression.ipynb")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.long) if os.path.basename(p) in LONG else p
+    for p in NOTEBOOKS], ids=os.path.basename)
 def test_notebook_executes(path):
   nb = nbformat.read(path, as_version=4)
   env_path = os.environ.get("PYTHONPATH", "")
