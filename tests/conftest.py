@@ -3,8 +3,12 @@
 import os
 import sys
 
+# 8 emulated devices; and XLA's backend optimisation off: the tests check numbers, not speed, and
+# compiling their hundreds of small programs is most of the suite's time (about a third less
+# with it off, measured on this 2-core CPU); subprocesses and Ray workers inherit the flags
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # one persistent compilation cache for the whole session, shared with the subprocesses the
 # tests start (it cuts a subprocess run of a tiny config from ~7 s to ~4 s)

@@ -41,8 +41,7 @@ def _cmd(variant, workdir, extra=()):
 
 
 def _env():
-  return dict(os.environ, PYTHONPATH=ROOT,
-              XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  return dict(os.environ, PYTHONPATH=ROOT)   # conftest's XLA_FLAGS: the same compiled programs
 
 
 def _reference(variant, workdir):

@@ -23,13 +23,17 @@ LONG = ("02_parameter_server.ipynb", "04_federated.ipynb", "05_compression.ipynb
     for p in NOTEBOOKS], ids=os.path.basename)
 def test_notebook_executes(path):
   nb = nbformat.read(path, as_version=4)
-  env_path = os.environ.get("PYTHONPATH", "")
+  env_path, flags = os.environ.get("PYTHONPATH", ""), os.environ.get("XLA_FLAGS", "")
   os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env_path if env_path else "")
+  # the kernel compiles as a user's would (conftest turns XLA's optimisation off for the tests'
+  # small programs; the notebooks train for hundreds of updates)
+  os.environ["XLA_FLAGS"] = " ".join(f for f in flags.split()
+                                     if not f.startswith("--xla_backend_optimization_level"))
   try:
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
   finally:
-    os.environ["PYTHONPATH"] = env_path
+    os.environ["PYTHONPATH"], os.environ["XLA_FLAGS"] = env_path, flags
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if o.get("output_type") == "error"]
   assert not errors
