@@ -82,10 +82,7 @@ def _same_params(a, b):
 
 
 @pytest.mark.slow
-# sync, ps and federated resume exactly in-process in quicker tests (test_pipeline, test_compression,
-# test_federated); `single` keeps the SIGKILL of a real process in `make test`
-@pytest.mark.parametrize("variant", ["single"] + [
-    pytest.param(v, marks=pytest.mark.long) for v in ("sync", "ps", "federated")])
+@pytest.mark.parametrize("variant", ["single", "sync", "ps", "federated"])
 def test_killed_run_resumes_bit_for_bit(variant, tmp_path, capsys):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _reference(variant, ref)
