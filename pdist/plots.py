@@ -29,14 +29,18 @@ X_LABELS = {"step": "updates", "sim_time": "simulated time", "epoch": "epochs",
             "bytes_pushed": "bytes pushed (all workers)", "wall_time": "wall-clock seconds"}
 
 
-def plain_ticks(axis, log: bool, span: tuple[float, float] | None = None) -> None:
-  """Tick labels as plain numbers (0.2, 0.5, 1, 2; 1e+06 for wide ranges), not 2x10^-1."""
+def plain_ticks(axis, log: bool, span: tuple[float, float] | None = None,
+                horizontal: bool = False) -> None:
+  """Tick labels as plain numbers (0.2, 0.5, 1, 2; 1e+06 for wide ranges), not 2x10^-1; a
+  horizontal axis (labels side by side) gets decades only once it spans more than one."""
   import math
 
   import matplotlib.ticker as ticker
   if log:
     lo, hi = span or (1.0, 10.0)
     decades = math.log10(max(hi, 1e-300) / max(lo, 1e-300)) if lo > 0 else 99
+    if horizontal:
+      decades *= 3   # labels side by side need about three times the room
     subs = ((1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.7, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
             if decades <= 0.5 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades <= 1.5 else
             (1.0, 2.0, 5.0) if decades <= 4 else (1.0,))
@@ -98,7 +102,7 @@ def plot_runs(workdirs: list[str], out: str | None = None, x: str = "step",
     if x == "bytes_pushed":  # compressors differ by orders of magnitude
       ax.set_xscale("log")
     plain_ticks(ax.yaxis, log and (log_loss or "loss" not in key), ax.get_ylim())
-    plain_ticks(ax.xaxis, x == "bytes_pushed", ax.get_xlim())
+    plain_ticks(ax.xaxis, x == "bytes_pushed", ax.get_xlim(), horizontal=True)
     ax.grid(alpha=0.3)
   for ax in list(axes.flat)[len(panels):]:
     ax.set_visible(False)
