@@ -33,19 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 
 import jax
 
 from pdist import optim
 from pdist.errors import TrainingError
-from pdist.registry import MODELS, ConfigError
-
-
-def tree_bytes(tree) -> int:
-  """Bytes of a pytree of arrays or ShapeDtypeStructs (Python ints: no overflow)."""
-  return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+from pdist.ps.sharding import tree_bytes
+from pdist.registry import MODELS, ConfigError, get
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,14 +182,7 @@ def _model_fields(config) -> str:
   fields = [f for f in reads if f.startswith("model.")]
   if not fields:
     return f"config.model (config.model.name='{config.model.name}')"
-  return ", ".join(f"config.{f}={_value(config, f)}" for f in fields)
-
-
-def _value(config, dotted: str):
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return tuple(node) if isinstance(node, (list, tuple)) else node
+  return ", ".join(f"config.{f}={get(config, f)}" for f in fields)
 
 
 def check(config, task) -> Estimate:

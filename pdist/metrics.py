@@ -138,13 +138,6 @@ def _event_records(data: bytes) -> tuple[list[bytes], int]:
   return records, pos
 
 
-def _event_record(body: bytes) -> bytes:
-  from tensorboardX.record_writer import masked_crc32c
-  header = struct.pack("<Q", len(body))
-  return (header + struct.pack("<I", masked_crc32c(header)) + body
-          + struct.pack("<I", masked_crc32c(body)))
-
-
 def tensorboard_up_to(directory: str, step: int) -> None:
   """Cuts the TensorBoard event files in `directory` (WORKDIR/tensorboard) back to the values
   of steps <= `step`, as a resumed run cuts metrics.jsonl: the resumed run writes the later
@@ -179,8 +172,11 @@ def tensorboard_up_to(directory: str, step: int) -> None:
     if not values:
       os.remove(path)
     elif changed:
-      with open(path + ".tmp", "wb") as f:
-        f.write(b"".join(_event_record(body) for body in kept))
+      from tensorboardX.record_writer import RecordWriter
+      out = RecordWriter(path + ".tmp")   # tensorboardX's own framing of each record
+      for body in kept:
+        out.write(body)
+      out.close()
       os.replace(path + ".tmp", path)
 
 

@@ -98,3 +98,25 @@ def pytest_configure(config):
 def _eight_devices():
   assert jax.device_count() == 8, "conftest must force 8 CPU devices before jax starts"
   yield
+
+
+def tensorboard_values(directory):
+  """{tag: [(step, value)]} of every summary value in the event files under `directory`, in file
+  order (scalars as floats, text as its bytes). Read here, apart from pdist.metrics: the TFRecord
+  framing (length, its CRC, the record, its CRC; CRCs not checked) and tensorboardX's protos."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        value = v.simple_value if v.HasField("simple_value") else v.tensor.string_val[0]
+        out.setdefault(v.tag, []).append((event.step, value))
+  return out

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_experiment
+from conftest import ROOT, load_experiment, tensorboard_values
 from pdist import checkpoint as ckpt_lib
 from pdist import metrics, train
 
@@ -435,24 +435,6 @@ def test_a_checkpoint_that_fails_while_written_is_not_announced(tmp_path, monkey
   assert not [r for r in caplog.records if r.levelno >= 40 and "orbax" in r.pathname]
 
 
-def _tensorboard_values(directory):
-  """{tag: [(step, value)]} of every summary value in the event files (TFRecord framing read
-  here without CRC checks; text values as their bytes), in file order."""
-  import struct
-  from tensorboardX.proto import event_pb2
-  out = {}
-  for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
-    data, pos = open(path, "rb").read(), 0
-    while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for v in event.summary.value:
-        value = v.simple_value if v.HasField("simple_value") else v.tensor.string_val[0]
-        out.setdefault(v.tag, []).append((event.step, value))
-  return out
-
-
 def test_a_resumed_run_logs_each_step_once_to_tensorboard(tmp_path):
   """A run killed after logging past its last checkpoint (here: 30 and 40 logged, only the
   checkpoint at 20 committed, the last event torn) and resumed: the event files hold each step
@@ -468,8 +450,8 @@ def test_a_resumed_run_logs_each_step_once_to_tensorboard(tmp_path):
   with open(newest, "ab") as f:                        # killed while writing an event
     f.write(b"\x40\x00\x00")
   assert train.run(c, str(work)).summary["resumed_from"] == 20
-  want, got = _tensorboard_values(str(ref / "tensorboard")), \
-      _tensorboard_values(str(work / "tensorboard"))
+  want, got = tensorboard_values(str(ref / "tensorboard")), \
+      tensorboard_values(str(work / "tensorboard"))
   assert set(got) == set(want) and "loss" in got and "eval_accuracy" in got
   for tag, points in got.items():
     steps = [step for step, _ in points]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import EXPERIMENTS, ROOT, load_experiment
+from conftest import EXPERIMENTS, ROOT, load_experiment, tensorboard_values
 from pdist import metrics, plots, train
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(EXPERIMENTS, "*.py")))
@@ -185,29 +185,11 @@ def test_sweep_of_a_broken_file_is_one_sentence(tmp_path, capsys):
   assert len(err.strip().splitlines()) == 1
 
 
-def _tensorboard_scalars(directory):
-  """{tag: [(step, value)]} from the event files (TFRecord framing, tensorboardX's protos)."""
-  import struct
-  from tensorboardX.proto import event_pb2
-  out = {}
-  for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
-    data = open(path, "rb").read()
-    pos = 0
-    while pos < len(data):
-      (length,) = struct.unpack("<Q", data[pos:pos + 8])
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4
-      for value in event.summary.value:
-        if value.HasField("simple_value"):
-          out.setdefault(value.tag, []).append((event.step, value.simple_value))
-  return out
-
-
 def test_tensorboard_events_hold_every_metric(tmp_path):
   config = load_experiment("mnist1d", "tiny")
   config.train.progress = False
   train.run(config, str(tmp_path))
-  scalars = _tensorboard_scalars(str(tmp_path / "tensorboard"))
+  scalars = tensorboard_values(str(tmp_path / "tensorboard"))
   rows = metrics.read(str(tmp_path))
   for key in ("loss", "accuracy", "eval_loss", "eval_accuracy", "epoch"):
     want = [(r["step"], r[key]) for r in rows if key in r]

@@ -8,6 +8,7 @@ equal the whole-model update exactly; global-norm clipping becomes per-shard cli
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import jax
@@ -35,7 +36,8 @@ def partition_leaves(params, num_shards: int) -> list[list[int]]:
 
 
 def leaf_bytes(x) -> int:
-  return int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+  """Bytes of one array or shape struct (Python ints: a huge model's count cannot overflow)."""
+  return math.prod(np.shape(x)) * np.dtype(x.dtype).itemsize
 
 
 def tree_bytes(params) -> int:
