@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -153,15 +154,32 @@ def sync_scan_floor_rate(devices: int, steps: int, chunk: int = 50, bucket_mb: f
   run = jax.jit(jax.shard_map(scan, mesh=mesh, in_specs=(P(), P(), P(None, "data"),
                                                          P(None, "data")),
                               out_specs=(P(), P())), donate_argnums=(0, 1))
-  state[:] = run(*state, xs, ys)
+  return dispatch_rate(run, state, (xs, ys), max(1, steps // chunk), chunk, repeats)
+
+
+def ddp_rate(python: str, processes: int, steps: int) -> float:
+  """PyTorch DDP's steady steps/s on the MLP workload (ddp_reference.py, run by `python`: an
+  environment with torch), `processes` gloo processes of one thread each."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  out = subprocess.run([python, os.path.join(here, "ddp_reference.py"), "--processes",
+                        str(processes), "--steps", str(steps), "--threads", "1"],
+                       check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["ddp_steps_per_sec"]
+
+
+def dispatch_rate(run, state: list, args: tuple, calls: int, per_call: int, repeats: int) -> float:
+  """Updates/s of `calls` back-to-back calls state[:] = run(*state, *args) (each covering
+  `per_call` updates; blocked on every 4th call, so the queue stays bounded), after one call that
+  compiles; best of `repeats`."""
+  import jax
+  state[:] = run(*state, *args)
   jax.block_until_ready(state)
-  calls = max(1, steps // chunk)
 
   def go():
     for k in range(calls):
-      state[:] = run(*state, xs, ys)
+      state[:] = run(*state, *args)
       if k % 4 == 3:
         jax.block_until_ready(state)
     jax.block_until_ready(state)
 
-  return calls * chunk / timed(go, repeats)
+  return calls * per_call / timed(go, repeats)

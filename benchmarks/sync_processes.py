@@ -21,9 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, mlp_config, steady_rate, sync_scan_floor_rate
+from common import ROOT, ddp_rate, mlp_config, steady_rate, sync_scan_floor_rate
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def pdist_rate(steps: int, bucket_mb: float, tag: str) -> float:
@@ -59,13 +58,6 @@ def member(args) -> None:
       best[name] = max(best.get(name, 0.0), rate)
   if args.process_id == 0:
     print(json.dumps(best), flush=True)
-
-
-def ddp_rate(python: str, processes: int, steps: int) -> float:
-  out = subprocess.run([python, os.path.join(HERE, "ddp_reference.py"), "--processes",
-                        str(processes), "--steps", str(steps), "--threads", "1"],
-                       check=True, capture_output=True, text=True).stdout
-  return json.loads(out.strip().splitlines()[-1])["ddp_steps_per_sec"]
 
 
 def main():

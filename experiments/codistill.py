@@ -31,12 +31,13 @@ def _independent(c):
 
 def _ps(c):
   """Each replica trained by an async parameter server of 4 workers (the groups of workers of
-  Anil et al.), simulated time from config.ps: lognormal compute times, 0.01 latency."""
+  Anil et al.), simulated time from config.ps: lognormal compute times; config.network: 0.01
+  latency, unlimited bandwidth."""
   c.codistill.group = "ps"
-  c.codistill.latency = c.codistill.bandwidth = 0.0   # time is config.ps's now
+  c.network.bandwidth = 0.0
   c.ps.workers = 4
   c.ps.compute_time.dist, c.ps.compute_time.spread = "lognormal", 0.5
-  c.ps.latency = 0.01
+  c.network.latency = 0.01
 
 
 PRESETS = {"tiny": _tiny, "independent": _independent, "ps": _ps}
@@ -55,17 +56,17 @@ def get_config(arg=None):
   c.codistill.exchange_every = 100
   c.codistill.weight = 0.5
   c.codistill.temperature = 1.0
-  c.codistill.latency = 0.01        # simulated time: 1 unit of compute a update; messages of
-  c.codistill.bandwidth = 5e7        # latency 0.01 and 5e7 bytes a unit (the MLP's 1.3 MB: 0.025)
+  c.network.latency = 0.01          # simulated time: 1 unit of compute a update; messages of
+  c.network.bandwidth = 5e7          # latency 0.01 and 5e7 bytes a unit (the MLP's 1.3 MB: 0.025)
   c.train.steps = 4000
   c.train.log_every = 100
   c.train.eval_every = 500
   return apply_presets(c, arg, PRESETS, "codistill")
 
 
-PS_GROUPS = {"codistill.group": "ps", "codistill.latency": 0.0, "codistill.bandwidth": 0.0,
+PS_GROUPS = {"codistill.group": "ps", "network.bandwidth": 0.0,
              "ps.workers": 4, "ps.compute_time.dist": "lognormal",
-             "ps.compute_time.spread": 0.5, "ps.latency": 0.01}   # = the ps preset
+             "ps.compute_time.spread": 0.5, "network.latency": 0.01}   # = the ps preset
 
 
 def get_hyper(arg=None):

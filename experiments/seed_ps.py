@@ -5,7 +5,7 @@ The mapping, step by step:
   1. the parameters are split into parts: config.data.parts = 4 arrays of 250 numbers, and
      config.ps.shards = 4 puts each on its own server shard (each with its own version);
   2. each of the 4 workers pulls every part from its shard (simulated time: latency + bytes /
-     bandwidth per message, the shards' links in parallel);
+     bandwidth per message, config.network, the shards' links in parallel);
   3. it computes the gradient 2 theta / 1000 (compute time from config.ps.compute_time) and pushes
      each part's slice to that part's shard;
   4. the shards accumulate and send back:
@@ -49,8 +49,8 @@ def _chaos(c):
   c.ps.compute_time.spread = 0.5
   c.ps.stragglers.fraction = 0.25
   c.ps.stragglers.factor = 4.0
-  c.ps.latency = 0.05
-  c.ps.bandwidth = 1e5
+  c.network.latency = 0.05
+  c.network.bandwidth = 1e5
   c.ps.failures.rate = 0.01
   c.ps.failures.restart_delay = 5.0
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 import ml_collections
 
 # importing the implementations registers them (each module registers its own names)
-from pdist import compression, data, distill, models, optim, privacy, strategies  # noqa: F401
+from pdist import compression, data, distill, models, network, optim, privacy, strategies  # noqa: F401
 from pdist.registry import (COMPRESSORS, DATASETS, MODELS, OPTIMIZERS, PARTITIONS, PRIVACY,
                             SCHEDULES, STRATEGIES, ConfigError, check_choice, check_positive,
                             get)
@@ -30,7 +30,11 @@ COMPONENTS = (STRATEGIES, DATASETS, MODELS, OPTIMIZERS, SCHEDULES, PARTITIONS, P
               COMPRESSORS)
 
 
-MOVED = {"ps.partition": "data.partition", "ps.dirichlet_alpha": "data.dirichlet_alpha"}
+MOVED = {"ps.partition": "data.partition", "ps.dirichlet_alpha": "data.dirichlet_alpha",
+         # one network model for every strategy (pdist/network.py)
+         "ps.latency": "network.latency", "ps.bandwidth": "network.bandwidth",
+         "federated.latency": "network.latency", "federated.bandwidth": "network.bandwidth",
+         "codistill.latency": "network.latency", "codistill.bandwidth": "network.bandwidth"}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.save_params = False  # write the final parameters to WORKDIR/params.npz
   c.train.tensorboard = True   # also write TensorBoard event files to WORKDIR/tensorboard
 
+  # the links of every strategy that reports simulated time (pdist/network.py)
+  c.network = network.network_config()
   c.distill = distill.distill_config()  # knowledge distillation from a finished teacher workdir
   # locked: a field that is not in the schema (a typo in an experiment file, an override) is an
   # error where it is written, never a new field that nothing reads
@@ -138,6 +144,23 @@ def parse_arg(arg: str | None) -> tuple[list[str], dict[str, Any]]:
     else:
       names.append(part)
   return names, values
+
+
+def switch_strategy(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """config.strategy = name, with the previous strategy's own group back at its defaults (a group
+  of a strategy that is not selected must be, see validate), and so the shared fields that the
+  new one does not read (e.g. config.network for `single`: registry.check_unread); other groups
+  are kept. For an experiment's reference preset, e.g. DiLoCo's `sync`."""
+  defaults = base_config()
+  old = config.strategy
+  if old != name and old in defaults:
+    config[old] = defaults[old]
+  reads = STRATEGIES.entry(name).reads
+  for field in STRATEGIES.shared_fields():
+    if field not in reads:
+      set_field(config, field, get(defaults, field))
+  config.strategy = name
+  return config
 
 
 def apply_presets(config: ml_collections.ConfigDict, arg: str | None,
@@ -251,12 +274,20 @@ def _experiment_failure(path: str, function: str, arg, error: Exception) -> str:
   """One sentence for an exception raised inside an experiment file's function: where in the file
   and why; a field that is not in the locked schema is named with the nearest existing one."""
   import traceback
-  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-           if os.path.abspath(f.filename) == os.path.abspath(path)]
-  where = f"config file '{path}'" + (f" line {lines[-1]}" if lines else "")
+  frames = [f for f in traceback.extract_tb(error.__traceback__)
+            if os.path.abspath(f.filename) == os.path.abspath(path)]
+  where = f"config file '{path}'" + (f" line {frames[-1].lineno}" if frames else "")
   text = str(error)
   if isinstance(error, (AttributeError, KeyError)) and "cannot be added" in text:
     key = text.split('"')[1] if '"' in text else "?"
+    # a field that moved (MOVED): the old name as the line writes it, else every old one of `key`
+    old = [o for o in MOVED if o.rsplit(".", 1)[-1] == key]
+    source = (frames[-1].line or "") if frames else ""
+    old = [o for o in old if re.search(rf"\b{re.escape(o)}\b", source)] or old
+    if old:
+      said = f"config.{old[0]}" if len(old) == 1 else f"'{key}'"
+      new = " or ".join(sorted({f"config.{MOVED[o]}" for o in old}))
+      return f"{where} sets {said}, which has moved to {new}; set that instead"
     close = re.search(r'Did you mean "([^"]+)"', text)   # ml_collections' nearest, same group
     hint = f" (did you mean '{close.group(1)}'?)" if close else ""
     return (f"{where} sets '{key}', which is not a field of the config{hint}; the base config "
@@ -324,6 +355,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.train.seeds={config.train.seeds} does not combine with "
                         "config.privacy or config.compression; run one process per seed")
   distill.validate(config)
+  network.validate_network(config)
   check_choice(config, "model.dtype", models.DTYPES)
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")

@@ -10,7 +10,8 @@ init (nothing is allocated):
     codistill             one of each per replica, plus the replica's stale copy that the others
                           read (group='ps': plus each group server's gradient slot per worker);
     ps (emulator)         one gradient slot per worker beside the server's state (async, ssp);
-    sync on a CPU host    one of each per device (emulated devices share this host's memory);
+    sync, local, gossip   on a CPU host one of each per device (emulated devices share this
+                          host's memory; local: its outer parameters and outer state once);
     federated             parameters and a gradient per client vmapped at once (client_group,
                           else clients_per_round), SCAFFOLD's control per client;
   plus the training set placed on the device (once; per device for sync on a CPU host).
@@ -87,10 +88,11 @@ def _layout(config, p: int, o: int, g: int, d: int) -> tuple[int, int, int, str 
     return int(config.codistill.replicas), each, d, "codistill.replicas"
   if name == "ps" and config.ps.backend == "emulator" and config.ps.consistency != "bsp":
     return int(config.ps.workers), g, one + d, "ps.workers"
-  if name == "sync" and jax.default_backend() == "cpu":
-    # this host's own devices (the mesh may span several processes, each with its own memory)
+  if name in ("sync", "local", "gossip") and jax.default_backend() == "cpu":
+    # this host's own devices (the mesh may span several processes, each with its own memory);
+    # local and gossip: a replica each, and local's outer parameters and outer state besides
     devices = min(int(config.sync.devices) or jax.device_count(), jax.local_device_count())
-    return devices, one + d, 0, "sync.devices"
+    return devices, one + d, (2 * p if name == "local" else 0), "sync.devices"
   if name == "federated":
     f = config.federated
     at_once = int(f.client_group) or int(f.clients_per_round)

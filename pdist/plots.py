@@ -156,6 +156,60 @@ def plot_tradeoff(summaries: list[dict], out: str, x: str = "epsilon", y: str = 
   return out
 
 
+def plot_networks(results: dict, networks: dict, out: str, y: str = "train_eval_loss") -> str:
+  """`y` of each run against its synchronisations and against its simulated time on each of
+  `networks` ({title: config.network-like (latency, bandwidth)}): one panel each, one legend.
+
+  `results` maps a label to a train.Result whose strategy prices its communication
+  (`communication(step, network)`: sync, local, gossip), so one run is drawn on every network
+  without being run again; its rows need `y` (e.g. config.train.eval_train for train_eval_loss).
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from pdist import network as network_lib
+
+  priced = {name: network_lib.Network(net) for name, net in networks.items()}
+  fig, axes = plt.subplots(1, 1 + len(priced), figsize=(4.6 * (1 + len(priced)), 3.9))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  styles = ("-", "--", ":", "-.")
+  for i, (label, result) in enumerate(results.items()):
+    # rows before the first synchronisation have no place on log axes of communication
+    rows = [r for r in result.rows if y in r and result.strategy.communication(r["step"])["syncs"]]
+    if not rows:
+      raise ValueError(f"the run '{label}' has no '{y}' in its rows")
+    values = [r[y] for r in rows]
+    # earlier runs drawn wider: a run that follows another exactly (gossip on sync's syncs)
+    # leaves it visible around its own line
+    look = dict(color=colors[i % len(colors)], linestyle=styles[(i // len(colors)) % 4],
+                label=label, linewidth=1.2 + 2.4 * (len(results) - 1 - i) / max(len(results) - 1, 1))
+    syncs = [result.strategy.communication(r["step"])["syncs"] for r in rows]
+    axes[0].plot(syncs, values, **look)
+    for ax, net in zip(axes[1:], priced.values()):
+      ax.plot([result.strategy.communication(r["step"], net)["sim_time"] for r in rows], values,
+              **look)
+  axes[0].set_xlabel("synchronisations (model-sized exchanges)")
+  axes[0].set_title("against communication rounds", fontsize=10)
+  for ax, name in zip(axes[1:], priced):
+    ax.set_xlabel("simulated time (s)")
+    ax.set_title(name, fontsize=10)
+  for ax in axes:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_ticks(ax.xaxis, True, ax.get_xlim(), horizontal=True)
+    plain_ticks(ax.yaxis, True, ax.get_ylim())
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel({"train_eval_loss": "training loss (whole set)"}.get(y, y))
+  handles, labels = axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(labels) - 1) // 4), 1, 1))
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pdist.plots", description=__doc__.split("\n")[0])
   parser.add_argument("workdirs", nargs="+")

@@ -117,9 +117,10 @@ def emulated_staleness(config, records: list[dict]) -> tuple[np.ndarray, dict]:
   ps = ml_collections.ConfigDict(config.ps.to_dict())
   ps.compute_time.dist, ps.compute_time.mean = "lognormal", fitted["compute_mean"]
   ps.compute_time.spread = fitted["compute_spread"]
-  ps.latency, ps.bandwidth = fitted["latency"], 0.0
   ps.stragglers.fraction, ps.failures.at, ps.failures.rate = 0.0, (), 0.0
-  sim = Simulator(ps, [1], seed=config.train.seed)
+  network = ml_collections.ConfigDict(config.network.to_dict())
+  network.latency, network.bandwidth = fitted["latency"], 0.0   # the measured latency only
+  sim = Simulator(ps, network, [1], seed=config.train.seed)
   return np.asarray(sim.advance(len(applies)).staleness, np.int64), fitted
 
 

@@ -24,6 +24,7 @@ from pdist import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPERS = os.path.join(ROOT, "experiments", "papers")
+CPU_DEVICES = 8   # the replica strategies' papers run 8 replicas, one a device
 
 
 def verdict(values: list[float], low: float, high: float) -> dict:
@@ -67,6 +68,27 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def _cpu_devices(n: int) -> None:
+  """Gives this process n CPU devices, unless its device count was already chosen.
+
+  The reproductions of the replica strategies (`local`, `gossip`: one replica per device) need
+  several devices, and `python -m pdist.reproduce` is one process that would otherwise get JAX's
+  one CPU device. A count forced by XLA_FLAGS (--xla_force_host_platform_device_count, as the
+  tests and pdist.launch set it) or by jax_num_cpu_devices (JAX_NUM_CPU_DEVICES) is kept, and so
+  is an already started backend (reproduce.main called from a program that has used JAX). The
+  setting only shapes the CPU backend: on an accelerator host the runs still use the accelerator.
+  """
+  if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return
+  import jax
+  if jax.config.jax_num_cpu_devices >= 0:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:   # the backend is initialised: its device count can no longer change
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pdist.reproduce", description=__doc__.split(
       "\n\n")[1].replace("\n", " "))
@@ -74,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--tiny", action="store_true", help="seconds-long versions (machinery only)")
   parser.add_argument("--only", nargs="*", default=None, help="paper file names to run")
   args = parser.parse_args(argv)
+  _cpu_devices(CPU_DEVICES)
   known = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(PAPERS, "*.py")))
   unknown = sorted(set(args.only or ()) - set(known))
   if unknown:

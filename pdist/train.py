@@ -531,8 +531,10 @@ def _finish(r: _Run) -> Result:
   if r.finished is not None:
     return Result(r.finished, r.state, r.strategy, r.rows)
   summary = _summary(r, "completed")
-  if r.is_writer and r.config.train.save_params:
-    _write(save_params, os.path.join(r.workdir, "params.npz"), r.strategy.params(r.state))
+  if r.config.train.save_params:
+    params = r.strategy.params(r.state)   # on every process: it may run a collective (gossip)
+    if r.is_writer:
+      _write(save_params, os.path.join(r.workdir, "params.npz"), params)
   return Result(summary, r.state, r.strategy, r.rows)
 
 

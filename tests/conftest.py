@@ -53,15 +53,7 @@ def quiet_experiment(name: str, preset: str = "tiny", **fields):
   return c
 
 
-def switch_strategy(config, name: str):
-  """config.strategy = name, with the previous strategy's own group back at its defaults (a group
-  of a strategy that is not selected must be, see config.validate); other groups are kept."""
-  defaults = config_lib.base_config()
-  old = config.strategy
-  if old != name and old in defaults:
-    config[old] = defaults[old]
-  config.strategy = name
-  return config
+switch_strategy = config_lib.switch_strategy   # the tests' name for it
 
 
 def set_fields(config, **fields):

@@ -28,10 +28,14 @@ VARIANTS = {
            "--config.ps.compute_time.dist=lognormal", "--config.ps.compute_time.spread=0.6",
            "--config.ps.stragglers.fraction=0.25", "--config.ps.stragglers.factor=3.0",
            "--config.ps.failures.rate=0.02", "--config.ps.failures.restart_delay=2.0",
-           "--config.ps.latency=0.05", "--config.data.batch_size=16"],
+           "--config.network.latency=0.05", "--config.data.batch_size=16"],
     # per-client SCAFFOLD state, dropouts, stragglers and the simulated-time totals
     "federated": ["--config", "experiments/fedavg.py:tiny,scaffold,dropouts",
                   "--config.train.steps=200"],
+    # DiLoCo with 3 fragments after a synchronous warm-up; rounds (H=6) straddle checkpoints
+    "local": ["--config", "experiments/local_sgd.py:tiny,streaming", "--config.train.steps=200",
+              "--config.local.inner_steps=6", "--config.local.sync_warmup=10"],
+    "gossip": ["--config", "experiments/gossip.py:tiny,exponential", "--config.train.steps=200"],
 }
 
 
@@ -82,7 +86,7 @@ def _same_params(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["single", "sync", "ps", "federated"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_killed_run_resumes_bit_for_bit(variant, tmp_path, capsys):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _reference(variant, ref)

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import assert_one_clear_line, max_diff, quiet_experiment, switch_strategy
 from pdist import train
+from pdist.network import Network
 
 
 def _config(**fields):
@@ -33,7 +34,7 @@ def test_zero_weight_is_independent_runs():
 
 
 def test_stale_copies_refresh_at_exchanges_and_bytes_are_counted():
-  c = _config(codistill__exchange_every=3, codistill__latency=0.0, codistill__bandwidth=0.0)
+  c = _config(codistill__exchange_every=3, network__latency=0.0, network__bandwidth=0.0)
   from pdist import data, strategies, tasks
   s = strategies.build(c, tasks.build(c, data.load(c.data)))
   state = s.init(None)
@@ -47,7 +48,8 @@ def test_stale_copies_refresh_at_exchanges_and_bytes_are_counted():
   assert row["exchanges"] == 1 and row["bytes_exchanged"] == 2 * s.model_bytes
   assert row["bytes_exchanged_data_parallel"] == 5 * 2 * s.model_bytes
   assert row["sim_time"] == row["sim_time_data_parallel"] == 5.0   # no network cost set
-  s.latency, s.bandwidth = 0.5, float(s.model_bytes)               # one model per time unit
+  c.network.latency, c.network.bandwidth = 0.5, float(s.model_bytes)   # one model per time unit
+  s.network = Network(c.network)
   assert s.sim_times(5) == (5 + 1 * (0.5 + 1.0), 5 * (1 + 2 * 0.5 + 1.0))
 
 

@@ -261,7 +261,7 @@ def test_byte_counts_follow_the_encodings():
 def test_compressed_pushes_arrive_when_their_bytes_say():
   """One async worker, no latency, bandwidth b: update t lands at t (pull + compute + push),
   with pull = dense bytes / b and push = compressed bytes / b."""
-  c = _config("ps", steps=10, ps__workers=1, ps__bandwidth=1e5, compression__name="sign")
+  c = _config("ps", steps=10, ps__workers=1, network__bandwidth=1e5, compression__name="sign")
   r = train.run(c)
   # MLP 40-32-32-10: leaves of 32, 1280, 32, 1024, 10, 320 values = 2698 (10792 dense bytes);
   # sign sends ceil(n / 8) bytes + a float32 scale a leaf: 8 + 164 + 8 + 132 + 6 + 44 = 362
@@ -269,7 +269,7 @@ def test_compressed_pushes_arrive_when_their_bytes_say():
   dense, pushed = 10792, 362
   assert r.summary["bytes_pushed"] == 10 * pushed and r.summary["bytes_up"] == pushed
   assert r.summary["sim_time"] == pytest.approx(10 * (dense / 1e5 + 1.0 + pushed / 1e5), rel=1e-9)
-  plain = train.run(_config("ps", steps=10, ps__workers=1, ps__bandwidth=1e5))
+  plain = train.run(_config("ps", steps=10, ps__workers=1, network__bandwidth=1e5))
   assert plain.summary["sim_time"] == pytest.approx(10 * (2 * dense / 1e5 + 1.0), rel=1e-9)
 
 

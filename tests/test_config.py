@@ -68,6 +68,11 @@ def test_broken_experiment_file(tmp_path, capsys):
      "line 4 sets 'lerning_rate', which is not a field of the config (did you mean "
      "'learning_rate'?)"),
     ("  c.newgroup = 1\n", "line 4 sets 'newgroup', which is not a field of the config"),
+    # a field that moved (config.MOVED) says where it went
+    ("  c.ps.latency = 0.05\n",
+     "line 4 sets config.ps.latency, which has moved to config.network.latency; set that instead"),
+    ("  f = c.federated\n  f.bandwidth = 1e5\n",
+     "line 5 sets 'bandwidth', which has moved to config.network.bandwidth; set that instead"),
 ])
 def test_a_misspelt_field_in_an_experiment_file_is_refused(body, message, tmp_path, capsys):
   """The schema is locked: a typo in an experiment file never trains at the default silently."""
@@ -109,6 +114,36 @@ def test_moved_partition_field_points_to_its_new_place(tmp_path, capsys):
   code = main(["--config", MNIST, "--workdir", str(tmp_path / "w"), "--config.ps.partition=label"])
   err = capsys.readouterr().err
   assert code == 2 and "config.ps.partition has moved to config.data.partition" in err
+
+
+@pytest.mark.parametrize("group", ["ps", "federated", "codistill"])
+@pytest.mark.parametrize("field", ["latency", "bandwidth"])
+def test_moved_network_fields_point_to_config_network(group, field, tmp_path, capsys):
+  """The links' latency and bandwidth of ps, federated and codistill are config.network's now
+  (pdist/network.py), for every strategy alike; the old names say so in one sentence."""
+  code = main(["--config", MNIST, "--workdir", str(tmp_path / "w"), "--config.strategy=" + group,
+               f"--config.{group}.{field}=0.5"])
+  err = capsys.readouterr().err
+  assert code == 2 and (f"config.{group}.{field} has moved to config.network.{field}; set that "
+                        "instead") in err, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert config_lib.MOVED[f"{group}.{field}"] == f"network.{field}"
+
+
+def test_config_network_is_refused_for_a_strategy_that_does_not_read_it(tmp_path, capsys):
+  """`single` reports no simulated time, so a latency set for it would be silently ignored."""
+  code = main(["--config", MNIST, "--workdir", str(tmp_path / "w"),
+               "--config.network.latency=0.05"])
+  err = capsys.readouterr().err
+  assert code == 2 and ("config.network.latency=0.05 does not apply to config.strategy='single' "
+                        "(read by ") in err, err
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+  c = config_lib.load(MNIST, ["--config.strategy=ps", "--config.network.latency=0.05",
+                              "--config.network.bandwidth=1e5"])   # ps reads both
+  assert (c.network.latency, c.network.bandwidth) == (0.05, 1e5)
+  for name in ("ps", "federated", "codistill"):
+    assert {"network.latency", "network.bandwidth"} <= set(
+        config_lib.STRATEGIES.entry(name).reads)
 
 
 def test_diverged_run_writes_a_summary_that_says_so(tmp_path, capsys):

@@ -78,7 +78,9 @@ def test_every_command_in_the_experiment_cards_loads():
   found = 0
   for name in NAMES:
     card = config_lib.load_experiment(os.path.join(EXPERIMENTS, f"{name}.py"))[0].__doc__ or ""
-    commands = re.findall(r"python -m pdist(?:\.sweep)? --config (\S+)(.*)", card)
+    # options such as --local_devices 8 may come before --config
+    commands = re.findall(r"python -m pdist(?:\.sweep)?(?: --[a-z_]+ \S+)*? --config (\S+)(.*)",
+                          card)
     assert commands, f"experiments/{name}.py gives no command in its docstring"
     for spec, rest in commands:
       overrides = re.findall(r"--config\.\S+=\S+", rest)

@@ -41,7 +41,7 @@ def test_fedavg_one_full_local_step_equals_centralised_sgd():
 def test_sampling_is_deterministic_and_uniform():
   c = _config(federated__clients=20, federated__clients_per_round=5)
   sizes = np.full(20, 10)
-  planner = rounds.RoundPlanner(c.federated, sizes, 10, seed=3, bytes_down=1, bytes_up=1)
+  planner = rounds.RoundPlanner(c.federated, c.network, sizes, 10, seed=3, bytes_down=1, bytes_up=1)
   a, b = planner.plan(0, 2000), planner.plan(0, 2000)
   assert np.array_equal(a.clients, b.clients)
   assert np.array_equal(planner.plan(1500, 10).clients, a.clients[1500:1510])  # pure in round

@@ -212,7 +212,7 @@ def test_secure_rounds_follow_the_dropout_phases_and_pay_for_the_protocol():
   after uploading are in both sums), and its simulated time adds the protocol's six messages a
   round at latency 1 (keys up and down, shares up and down, survivors down, unmasking up)."""
   fields = dict(federated__clients_per_round=20, federated__dropouts__rate=0.3,
-                federated__dropouts__after_upload=0.5, federated__latency=1.0, train__steps=6)
+                federated__dropouts__after_upload=0.5, network__latency=1.0, train__steps=6)
   from pdist import train
   plain = train.run(_config(**fields), None)
   secure = train.run(_config("tiny,secagg", federated__secagg__graph="harary",
@@ -250,8 +250,8 @@ def test_under_dp_who_takes_part_never_depends_on_how_much_data_clients_hold():
   sizes = np.full(20, 20)
   other = sizes.copy()
   other[3] = 200                      # one client holds ten times the data
-  a = rounds.RoundPlanner(c.federated, sizes, 10, 0, 1, 1).plan(0, 30)
-  b = rounds.RoundPlanner(c.federated, other, 10, 0, 1, 1).plan(0, 30)
+  a = rounds.RoundPlanner(c.federated, c.network, sizes, 10, 0, 1, 1).plan(0, 30)
+  b = rounds.RoundPlanner(c.federated, c.network, other, 10, 0, 1, 1).plan(0, 30)
   for field in ("clients", "sampled", "survived", "phase"):
     assert np.array_equal(getattr(a, field), getattr(b, field)), field
   with pytest.raises(config_lib.ConfigError, match="deadline with DP-FedAvg"):

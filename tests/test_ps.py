@@ -136,10 +136,10 @@ def test_ssp_clock_gap_never_exceeds_bound_under_random_timing():
                    ps__compute_time__spread=float(rng.uniform(0.1, 1.5)),
                    ps__stragglers__fraction=float(rng.uniform(0, 0.5)),
                    ps__stragglers__factor=float(rng.uniform(1, 6)),
-                   ps__latency=float(rng.uniform(0, 0.3)),
+                   network__latency=float(rng.uniform(0, 0.3)),
                    ps__failures__rate=float(rng.uniform(0, 0.05)),
                    ps__failures__restart_delay=float(rng.uniform(0.5, 5)))
-    sim = Simulator(c.ps, [1000, 3000], seed=seed)
+    sim = Simulator(c.ps, c.network, [1000, 3000], seed=seed)
     for _ in range(20):
       sim.advance(10)
       gap = max(sim.clock) - min(sim.clock)
@@ -150,9 +150,10 @@ def test_ssp_clock_gap_never_exceeds_bound_under_random_timing():
 
 def test_async_staleness_is_unbounded_where_ssp_bounds_it():
   kw = dict(ps__workers=4, ps__stragglers__fraction=0.25, ps__stragglers__factor=8.0)
-  async_sim = Simulator(_ps_config(0, **kw).ps, [1000], seed=0)
+  c = _ps_config(0, **kw)
+  async_sim = Simulator(c.ps, c.network, [1000], seed=0)
   ssp_sim = Simulator(_ps_config(0, ps__consistency="ssp", ps__max_staleness=2, **kw).ps,
-                      [1000], seed=0)
+                      c.network, [1000], seed=0)
   async_gap = max(max(async_sim.clock) - min(async_sim.clock)
                   for _ in range(10) if async_sim.advance(20))
   ssp_int = [ssp_sim.advance(20) for _ in range(10)]
@@ -162,7 +163,7 @@ def test_async_staleness_is_unbounded_where_ssp_bounds_it():
 def test_same_config_twice_gives_identical_metrics(tmp_path):
   kw = dict(ps__workers=5, ps__consistency="async", ps__compute_time__dist="lognormal",
             ps__compute_time__spread=0.7, ps__stragglers__fraction=0.4,
-            ps__stragglers__factor=4.0, ps__latency=0.1, ps__bandwidth=1e7,
+            ps__stragglers__factor=4.0, network__latency=0.1, network__bandwidth=1e7,
             ps__failures__rate=0.05, ps__failures__restart_delay=2.0,
             ps__failures__at=((3.0, 1),), ps__staleness_lr="inverse")
   for name in ("a", "b"):
@@ -173,7 +174,7 @@ def test_same_config_twice_gives_identical_metrics(tmp_path):
 
 
 def test_sharded_server_equals_central_when_timing_is_equal():
-  kw = dict(ps__workers=3, ps__consistency="async", ps__latency=0.2,
+  kw = dict(ps__workers=3, ps__consistency="async", network__latency=0.2,
             ps__compute_time__dist="lognormal", ps__compute_time__spread=0.5,
             ps__staleness_lr="inverse")
   central = train.run(_config(ps__shards=1, **kw))
@@ -200,7 +201,7 @@ def test_eager_server_replaying_the_schedule_equals_the_compiled_strategy():
   state = strategy.init(jax.random.PRNGKey(c.train.seed))
   server = ParameterServer(state["params"], strategy.tx, num_shards=2, staleness_lr="inverse")
   workers = [strategy.make_worker(k, state) for k in range(3)]
-  sim = Simulator(c.ps, strategy.shard_bytes, seed=c.train.seed)
+  sim = Simulator(c.ps, c.network, strategy.shard_bytes, seed=c.train.seed)
   pending = {}
   for op in sim.advance(30).ops:
     if op.apply_worker >= 0:
@@ -255,7 +256,7 @@ def test_a_scripted_crash_after_the_end_is_said_not_to_have_happened(tmp_path, c
 
 
 def test_network_time_and_bytes():
-  r = train.run(_config(ps__workers=1, ps__latency=0.5, steps=10, log_every=10))
+  r = train.run(_config(ps__workers=1, network__latency=0.5, steps=10, log_every=10))
   n_bytes = sum(x.size * 4 for x in jax.tree.leaves(r.params))
   assert r.summary["bytes_pushed"] == 10 * n_bytes
   assert r.summary["bytes_pulled"] == 11 * n_bytes  # the first pull, then one after each push
@@ -266,9 +267,9 @@ def test_network_time_and_bytes():
 def test_simulator_state_round_trips_through_json():
   c = _ps_config(3, ps__consistency="ssp", ps__max_staleness=2, ps__failures__rate=0.1,
                  ps__compute_time__dist="lognormal", ps__compute_time__spread=0.5)
-  a = Simulator(c.ps, [100], seed=3)
+  a = Simulator(c.ps, c.network, [100], seed=3)
   a.advance(15)
-  b = Simulator(c.ps, [100], seed=3)
+  b = Simulator(c.ps, c.network, [100], seed=3)
   b.load_state_dict(a.state_dict())
   ia, ib = a.advance(25), b.advance(25)
   assert ia.ops == ib.ops and ia.staleness == ib.staleness and a.totals == b.totals
@@ -278,7 +279,7 @@ def test_simulator_state_round_trips_through_json():
     ({"ps__consistency": "ssp"}, "needs config.ps.max_staleness >= 1"),
     ({"ps__backup_workers": 4, "ps__consistency": "bsp"}, "backup_workers=4 must be below"),
     ({"ps__backup_workers": 1}, "backup_workers only applies to config.ps.consistency='bsp'"),
-    ({"ps__latency": -1.0}, "config.ps.latency must be non-negative"),
+    ({"network__latency": -1.0}, "config.network.latency must be non-negative"),
     ({"ps__compute_time__mean": 0.0}, "config.ps.compute_time.mean must be positive"),
     ({"ps__failures__at": ((1.0, 9),)}, "config.ps.failures.at entries must be"),
     ({"ps__consistency": "hogwild"}, "config.ps.consistency='hogwild' is not one of"),

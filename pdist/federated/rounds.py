@@ -10,8 +10,9 @@ rounds.
   (Poisson, the accountant's assumption: privacy/sampling.poisson_batches, DP-SGD's draw), padded
   to a fixed cap with empty slots.
 - Time (simulated units, the parameter server's timing model, ps/timing.py): a client downloads
-  the model (latency + bytes / bandwidth), runs its local steps (steps x compute time, lognormal
-  noise and straggler factor per client), uploads (latency + bytes / bandwidth).
+  the model (one message on config.network: latency + bytes / bandwidth, pdist/network.py), runs
+  its local steps (steps x compute time, lognormal noise and straggler factor per client),
+  uploads (one message).
 - Faults: a client drops out mid-round with probability `dropouts.rate`, or as scripted in
   `dropouts.at` ((round, client) pairs); with a `deadline` > 0, a client that has not finished its
   upload by then is dropped too. The round lasts until the last surviving upload, or the deadline
@@ -43,15 +44,17 @@ class Plan:
 
 class RoundPlanner:
 
-  def __init__(self, fed_config, sizes: np.ndarray, batch_size: int, seed: int,
+  def __init__(self, fed_config, network, sizes: np.ndarray, batch_size: int, seed: int,
                bytes_down: int, bytes_up: int, poisson_cap: int | None = None):
+    """`network`: config.network (or a pdist.network.Network), which prices the transfers."""
     self.num_clients = len(sizes)
     self.m = int(fed_config.clients_per_round)
     self.seed = seed
     self.cap = poisson_cap
     self.slots = poisson_cap if poisson_cap is not None else self.m
     self.steps = fed_config.local_epochs * -(-np.asarray(sizes) // batch_size)
-    self.timing = TimingModel(fed_config, self.num_clients, [bytes_down], [bytes_up], seed)
+    self.timing = TimingModel(fed_config, network, self.num_clients, [bytes_down], [bytes_up],
+                              seed)
     self.rate = float(fed_config.dropouts.rate)
     self.scripted = {(int(r), int(c)) for r, c in fed_config.dropouts.at}
     self.after_upload = float(fed_config.dropouts.after_upload)

@@ -83,16 +83,17 @@ def staleness_summary(staleness) -> dict:
 class Simulator:
   """Host-side discrete-event simulation of K workers and a (sharded) server."""
 
-  def __init__(self, ps_config, shard_bytes: list[int], seed: int,
+  def __init__(self, ps_config, network, shard_bytes: list[int], seed: int,
                push_bytes: list[int] | None = None):
-    """`shard_bytes`: each shard's parameter bytes (a pull); `push_bytes`: a push's bytes per shard
+    """`network`: config.network (or a pdist.network.Network), the links' latency and bandwidth;
+    `shard_bytes`: each shard's parameter bytes (a pull); `push_bytes`: a push's bytes per shard
     (default: the same)."""
     self.K = int(ps_config.workers)
     self.consistency = ps_config.consistency
     self.max_staleness = int(ps_config.max_staleness)
     self.backup = int(ps_config.backup_workers)
     self.inverse_lr = ps_config.staleness_lr == "inverse"
-    self.timing = TimingModel(ps_config, self.K, shard_bytes,
+    self.timing = TimingModel(ps_config, network, self.K, shard_bytes,
                               shard_bytes if push_bytes is None else push_bytes, seed)
     self.rng = np.random.default_rng([seed, 11])
     self.time = 0.0

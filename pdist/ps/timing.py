@@ -5,9 +5,10 @@ so a config gives the same timeline every run. Nothing here depends on parameter
 
 - compute: `constant` (= mean) or `lognormal` with the given mean and sigma of log-time
   (mu = log(mean) - sigma^2 / 2, so the mean is kept); stragglers multiply it by `factor`.
-- network: a message of B bytes to or from a shard takes latency + B / bandwidth; the shards'
-  links work in parallel, so pushing or pulling the whole model takes the max over shards. Pushes
-  and pulls have their own sizes per shard (a compressed gradient shrinks the push only).
+- network: a message of B bytes to or from a shard costs what config.network's links price it at
+  (pdist/network.py: latency + B / bandwidth); the shards' links work in parallel, so pushing or
+  pulling the whole model takes the max over shards. Pushes and pulls have their own sizes per
+  shard (a compressed gradient shrinks the push only).
 - failures: each worker crashes as a Poisson process of `rate` per time unit while up, and at the
   scripted (time, worker) pairs; it comes back after `restart_delay`.
 """
@@ -17,12 +18,14 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
+from pdist.network import Network
 from pdist.registry import ConfigError, check_choice, check_positive
 
 
 def add_timing_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The fields of the timing model, shared by config.ps and config.federated: compute time per
-  unit of work (a gradient; a federated client's local step), stragglers, latency, bandwidth."""
+  unit of work (a gradient; a federated client's local step) and stragglers. The links (latency,
+  bandwidth) are config.network's, shared by every strategy that reports simulated time."""
   c.compute_time = ml_collections.ConfigDict()
   c.compute_time.dist = "constant"  # constant / lognormal
   c.compute_time.mean = 1.0
@@ -30,8 +33,6 @@ def add_timing_fields(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c.stragglers = ml_collections.ConfigDict()
   c.stragglers.fraction = 0.0       # share of workers (clients) that are slow
   c.stragglers.factor = 1.0         # how many times slower
-  c.latency = 0.0           # per message, simulated time units
-  c.bandwidth = 0.0         # bytes per time unit per link; 0 = unlimited
   return c
 
 
@@ -40,8 +41,8 @@ def validate_timing(config, group: str, population: int, who: str) -> None:
   g = config[group]
   check_choice(config, f"{group}.compute_time.dist", ("constant", "lognormal"))
   check_positive(config, f"{group}.compute_time.mean", f"{group}.stragglers.factor")
-  check_positive(config, f"{group}.latency", f"{group}.bandwidth",
-                 f"{group}.compute_time.spread", f"{group}.stragglers.fraction", allow_zero=True)
+  check_positive(config, f"{group}.compute_time.spread", f"{group}.stragglers.fraction",
+                 allow_zero=True)
   if g.stragglers.fraction > 1:
     raise ConfigError(f"config.{group}.stragglers.fraction must be in [0, 1], got "
                       f"{g.stragglers.fraction}")
@@ -52,8 +53,16 @@ def validate_timing(config, group: str, population: int, who: str) -> None:
 
 
 class TimingModel:
-  def __init__(self, ps_config, num_workers: int, pull_bytes: list[int], push_bytes: list[int],
-               seed: int):
+  """Compute times, stragglers, transfers and crashes of `num_workers` workers (clients).
+
+  `ps_config`: the group with the timing fields (config.ps, config.federated; its `failures`, if
+  it has them); `network`: config.network or a pdist.network.Network, which prices every message
+  (one formula for all strategies). `pull_bytes` / `push_bytes`: a pull's / push's bytes per
+  shard (a federated round: [download], [upload]).
+  """
+
+  def __init__(self, ps_config, network, num_workers: int, pull_bytes: list[int],
+               push_bytes: list[int], seed: int):
     self.num_workers = num_workers
     ct = ps_config.compute_time
     self.dist, self.mean, self.spread = ct.dist, float(ct.mean), float(ct.spread)
@@ -62,10 +71,10 @@ class TimingModel:
     self.slowdown = np.ones(num_workers)
     self.slowdown[slow] = ps_config.stragglers.factor
     self.stragglers = sorted(int(w) for w in slow)
-    self.latency = float(ps_config.latency)
-    bw = float(ps_config.bandwidth)
-    self.pull_transfer = max(self.latency + (b / bw if bw > 0 else 0.0) for b in pull_bytes)
-    self.push_transfer = max(self.latency + (b / bw if bw > 0 else 0.0) for b in push_bytes)
+    self.network = network if isinstance(network, Network) else Network(network)
+    self.latency = self.network.latency   # a request without payload (a pull request)
+    self.pull_transfer = max(self.network.message(b) for b in pull_bytes)
+    self.push_transfer = max(self.network.message(b) for b in push_bytes)
     self.pull_bytes = int(sum(pull_bytes))
     self.push_bytes = int(sum(push_bytes))
     failures = ps_config.failures if "failures" in ps_config else None

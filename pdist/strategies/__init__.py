@@ -7,7 +7,8 @@ Adding a strategy is one new module here that registers its class with `registry
 from __future__ import annotations
 
 from pdist.registry import STRATEGIES
-from pdist.strategies import codistill, federated, ps, single, sync  # noqa: F401  (each registers itself)
+from pdist.strategies import (codistill, federated, gossip, local, ps, single,  # noqa: F401
+                              sync)  # (each registers itself)
 from pdist.strategies.base import Strategy
 from pdist.strategies.seeds import Seeds
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from pdist import distill, optim
 from pdist import pipeline as pipeline_lib
+from pdist.network import Network
 from pdist.ps import sharding
 from pdist.ps.simulator import staleness_summary
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
@@ -50,10 +51,9 @@ def codistill_config() -> ml_collections.ConfigDict:
   c.weight = 0.5            # share of the distillation term
   c.temperature = 1.0       # T
   c.burn_in = 0             # updates of plain training before the distillation term starts
-  # simulated time: each update takes compute_time; a message latency + bytes / bandwidth
+  # simulated time: each update takes compute_time; messages are priced by config.network
+  # (latency + bytes / bandwidth, pdist/network.py)
   c.compute_time = 1.0
-  c.latency = 0.0
-  c.bandwidth = 0.0         # bytes per time unit per link; 0 = unlimited
   # what trains each replica: "single" (one update per step; a data-parallel group, which sync
   # shows is the same math) or "ps" (an emulated parameter server with config.ps's workers,
   # consistency, timing and failures; async or ssp)
@@ -65,8 +65,7 @@ def validate_codistill(config) -> None:
   check_positive(config, "codistill.replicas", "codistill.exchange_every",
                  "codistill.temperature")
   check_positive(config, "codistill.compute_time")
-  check_positive(config, "codistill.burn_in", "codistill.latency", "codistill.bandwidth",
-                 allow_zero=True)
+  check_positive(config, "codistill.burn_in", allow_zero=True)
   c = config.codistill
   if not 0 <= c.weight <= 1:
     raise ConfigError(f"config.codistill.weight must be in [0, 1], got {c.weight}")
@@ -89,13 +88,14 @@ def validate_codistill(config) -> None:
       raise ConfigError("config.codistill.group='ps' runs emulated async or ssp parameter "
                         "servers; set config.ps.consistency to 'async' or 'ssp' and "
                         "config.ps.backend='emulator'")
-    if c.compute_time != 1.0 or c.latency or c.bandwidth:
-      raise ConfigError("with config.codistill.group='ps' time is config.ps's (compute_time, "
-                        "latency, bandwidth); leave config.codistill's timing fields at their "
-                        "defaults")
+    if c.compute_time != 1.0:
+      raise ConfigError("with config.codistill.group='ps' time is config.ps's compute_time and "
+                        "config.network's latency and bandwidth (the servers' pushes and pulls); "
+                        "leave config.codistill.compute_time at its default 1.0")
 
 
 @STRATEGIES.register("codistill", config=codistill_config, validate=validate_codistill,
+                     reads=("network.latency", "network.bandwidth"),
                      uses=lambda c: ("ps",) if c.codistill.group == "ps" else ())
 def codistill(config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
   """Codistillation between replicas trained one update at a time, or by parameter servers."""
@@ -114,8 +114,7 @@ class Codistill(base.Strategy):
     c = config.codistill
     self.task, self.G, self.E = task, int(c.replicas), int(c.exchange_every)
     self.weight, self.T, self.burn_in = float(c.weight), float(c.temperature), int(c.burn_in)
-    self.compute, self.latency, self.bandwidth = (float(c.compute_time), float(c.latency),
-                                                  float(c.bandwidth))
+    self.compute, self.network = float(c.compute_time), Network(config.network)
     self.tx = optim.build(config)
     self.first_seed, self.batch_size = int(config.train.seed), config.data.batch_size
     self.data = jax.device_put(base.training_arrays(task))
@@ -222,10 +221,10 @@ class Codistill(base.Strategy):
     """Simulated time after `step` updates: codistillation (replicas compute side by side; an
     exchange sends each replica the others' parameters over its link, G - 1 models) against data
     parallel over the G groups (a ring all-reduce after every update: 2 (G - 1) / G models per
-    link, 2 (G - 1) messages)."""
+    link, 2 (G - 1) messages: Network.all_reduce's price, summed in this order so that
+    sim_time stays what it was before config.network)."""
     def transfer(models: float, messages: int) -> float:
-      wire = models * self.model_bytes / self.bandwidth if self.bandwidth > 0 else 0.0
-      return messages * self.latency + wire
+      return messages * self.network.latency + self.network.wire(models * self.model_bytes)
     exchanges = step // self.E
     codistill = step * self.compute + exchanges * transfer(self.G - 1, 1 if self.G > 1 else 0)
     ring = transfer(2 * (self.G - 1) / self.G, 2 * (self.G - 1)) if self.G > 1 else 0.0

@@ -48,6 +48,7 @@ from pdist.errors import TrainingError
 from pdist.federated import rounds
 from pdist.federated import secagg as secagg_lib
 from pdist.federated.secagg import SecAggError, SecureAggregation
+from pdist.network import Network
 from pdist.ps import sharding, timing
 from pdist.registry import (PARTITIONS, STRATEGIES, ConfigError, check_choice,
                             check_positive)
@@ -85,7 +86,7 @@ def federated_config() -> ml_collections.ConfigDict:
   c.algorithm = "fedavg"        # fedavg / fedprox / scaffold
   c.prox_mu = 0.0               # fedprox: weight of the proximal term
   c.client_group = 0            # clients vmapped at once (0: all of a round); less memory when set
-  timing.add_timing_fields(c)   # compute_time per local step, stragglers, latency, bandwidth
+  timing.add_timing_fields(c)   # compute_time per local step, stragglers (links: config.network)
   c.deadline = 0.0              # simulated time after which late clients are dropped; 0 = none
   c.dropouts = ml_collections.ConfigDict()
   c.dropouts.rate = 0.0         # probability that a sampled client drops out mid-round
@@ -218,7 +219,8 @@ def client_partition(config, dataset) -> list[np.ndarray]:
   return parts
 
 
-@STRATEGIES.register("federated", config=federated_config, validate=validate_federated)
+@STRATEGIES.register("federated", config=federated_config, validate=validate_federated,
+                     reads=("network.latency", "network.bandwidth"))
 class Federated(base.Strategy):
 
   def __init__(self, config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
@@ -226,6 +228,7 @@ class Federated(base.Strategy):
       raise ConfigError("config.strategy='federated' takes no gradient pipeline")
     f = config.federated
     self.task, self.fed = task, f
+    self.network = Network(config.network)   # prices downloads, uploads and secagg's messages
     self.N, self.seed = f.clients, config.train.seed
     self.algorithm, self.mu = f.algorithm, float(f.prox_mu)
     self.tx = server_optimizer(config)
@@ -261,8 +264,8 @@ class Federated(base.Strategy):
       self.on_failure = f.secagg.on_failure
     # under DP there is no deadline (validate_federated): dropouts depend on public randomness
     # and client ids only, never on how much data a client holds
-    self.planner = rounds.RoundPlanner(f, self.sizes, self.batch, self.seed, self.bytes_down,
-                                       self.bytes_up, poisson_cap=cap)
+    self.planner = rounds.RoundPlanner(f, self.network, self.sizes, self.batch, self.seed,
+                                       self.bytes_down, self.bytes_up, poisson_cap=cap)
     self.totals = self._zero_totals()
     self._chunk = jax.jit(self._run_chunk, donate_argnums=(0,))
     self._clients_fn = jax.jit(self._clients)
@@ -479,16 +482,16 @@ class Federated(base.Strategy):
   def _account_protocol(self, cost) -> None:
     """The protocol's messages and work in the round's simulated time: each of its messages
     (keys up, keys down, shares up, shares down, the survivor list down, unmasking shares up;
-    the masked input is the round's upload, already timed) costs latency + its largest
-    client's bytes / bandwidth; the work is the busiest client's plus the server's, at
-    secagg.agreement_time per X25519 agreement and secagg.prg_time per mask element."""
+    the masked input is the round's upload, already timed) costs one message of its largest
+    client's bytes on config.network (latency + bytes / bandwidth); the work is the busiest
+    client's plus the server's, at secagg.agreement_time per X25519 agreement and
+    secagg.prg_time per mask element."""
     if cost is None:
       return
     f, t = self.fed, self.totals
-    bw = float(f.bandwidth)
     messages = [cost.bytes_up[:, 0], cost.bytes_down[:, 1], cost.bytes_up[:, 1],
                 cost.bytes_down[:, 2], cost.bytes_down[:, 3], cost.bytes_up[:, 3]]
-    network = sum(float(f.latency) + (float(b.max()) / bw if bw > 0 else 0.0)
+    network = sum(self.network.message(float(b.max()))
                   for b in messages if len(b) and b.max() > 0)
     at, pt = float(f.secagg.agreement_time), float(f.secagg.prg_time)
     work = (float((cost.client_key_agreements * at + cost.client_prg_elements * pt).max(initial=0))

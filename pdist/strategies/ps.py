@@ -52,7 +52,7 @@ def ps_config() -> ml_collections.ConfigDict:
   c.backup_workers = 0      # bsp: apply the first workers - backup_workers arrivals per round
   c.max_staleness = 0       # ssp: clock gap bound s >= 1 (required for ssp)
   c.staleness_lr = "none"   # none / inverse: lr / staleness when staleness >= 1
-  timing.add_timing_fields(c)  # compute_time, stragglers, latency, bandwidth (per shard link)
+  timing.add_timing_fields(c)  # compute_time, stragglers (the shard links: config.network)
   c.failures = ml_collections.ConfigDict()
   c.failures.rate = 0.0             # crashes per worker per time unit (Poisson)
   c.failures.at = ()                # ((time, worker), ...) scripted crashes
@@ -116,7 +116,8 @@ def _put(tree, i, values):
   return jax.tree.map(lambda s, v: s.at[i].set(v), tree, values)
 
 
-@STRATEGIES.register("ps", config=ps_config, validate=validate_ps)
+@STRATEGIES.register("ps", config=ps_config, validate=validate_ps,
+                     reads=("network.latency", "network.bandwidth"))
 def parameter_server(config, task: Task, pipeline: pipeline_lib.Pipeline | None = None):
   """The `ps` strategy on its backend: the emulator below, or real processes on Ray."""
   if config.ps.backend == "ray":
@@ -143,7 +144,8 @@ class ParameterServerStrategy(base.Strategy):
     self.pipeline = pipeline if pipeline is not None else pipeline_lib.build(config, abstract)
     self.shards = sharding.partition_leaves(abstract, config.ps.shards)
     self.shard_bytes = sharding.shard_bytes(abstract, self.shards)
-    self.simulator = Simulator(config.ps, self.shard_bytes, seed=config.train.seed,
+    self.simulator = Simulator(config.ps, config.network, self.shard_bytes,
+                               seed=config.train.seed,
                                push_bytes=self.pipeline.push_bytes(abstract, self.shards))
     arrays = base.training_arrays(task)
     self.data = None if arrays is None else jax.device_put(arrays)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from pdist import network as network_lib
 from pdist.parallel import buckets
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
@@ -51,15 +52,20 @@ def sync_config() -> ml_collections.ConfigDict:
   # the all-reduce packs gradients and metrics into buckets of at most this many MB (a larger
   # leaf alone; pdist/parallel/buckets.py); 0 = one collective per leaf
   c.bucket_mb = 1.0
+  # simulated time of one update's computation on a device (the unit of config.network's
+  # latency and bandwidth: with seconds, a measured step time); rows carry sim_time
+  c.compute_time = 1.0
   return c
 
 
 def validate_sync(config) -> None:
   check_choice(config, "sync.backend", BACKENDS)
   check_positive(config, "sync.devices", "sync.bucket_mb", allow_zero=True)
+  check_positive(config, "sync.compute_time")
 
 
-@STRATEGIES.register("sync", config=sync_config, validate=validate_sync)
+@STRATEGIES.register("sync", config=sync_config, validate=validate_sync,
+                     reads=network_lib.READS)
 class Sync(Single):
 
   def __init__(self, config, task, pipeline=None):
@@ -81,6 +87,14 @@ class Sync(Single):
     self._indices_sharding = NamedSharding(self.mesh, P(None, AXIS))
     self._local = NamedSharding(self.mesh, P(AXIS))
     super().__init__(config, task, device=self.mesh.devices.flat[0], pipeline=pipeline)
+    self.network = network_lib.Network(config.network)
+    self.compute_time = float(config.sync.compute_time)
+    shapes = jax.tree.leaves(jax.eval_shape(task.init, jax.random.PRNGKey(0)))
+    wire = self.pipeline.wire_bytes(shapes) if self.pipeline.wire_bytes else None
+    # one device's gradient on the wire: dense, all-reduced; compressed, all-gathered
+    self.gradient_bytes = (sum(wire) if wire is not None
+                           else sum(x.size * x.dtype.itemsize for x in shapes))
+    self.compressed = wire is not None
     if self.backend == "shard_map":
       self._chunk = jax.jit(self._sharded_chunk, static_argnums=(3, 4), donate_argnums=(0,))
     else:
@@ -160,6 +174,23 @@ class Sync(Single):
     if idx is not None:
       idx = jax.device_put(idx, self._indices_sharding)
     return self._chunk(state, self.data, idx, num_updates, segments)
+
+  def communication(self, step: int, network=None) -> dict[str, float]:
+    """`syncs`, `bytes_sent` (one device's) and `sim_time` after `step` updates: each update is
+    compute_time plus one all-reduce of the gradient (an all-gather of the compressed payloads
+    when config.compression is on), priced by pdist/network.py: this run's config.network, or
+    `network` (a network.Network: the same run priced on other links)."""
+    n, net = self.num_devices, network or self.network
+    exchange = (net.all_gather(n * self.gradient_bytes, n) if self.compressed
+                else net.all_reduce(self.gradient_bytes, n))
+    return {"syncs": float(step), "bytes_sent": float(step * self.gradient_bytes),
+            "sim_time": step * (self.compute_time + exchange)}
+
+  def host_metrics(self, metrics, step: int) -> dict[str, float]:
+    return {**super().host_metrics(metrics, step), **self.communication(step)}
+
+  def public_row_keys(self):
+    return ("syncs", "bytes_sent", "sim_time")
 
   def _stack_on_devices(self, x):
     """One copy of host array x per device, as a [devices, ...] array (pmap's layout)."""

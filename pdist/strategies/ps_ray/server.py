@@ -28,19 +28,23 @@ from pdist.strategies.ps_ray.workers import WorkerProcess
 from pdist.tasks import Task
 
 
-def _simulated_fields(ps) -> list[str]:
-  """The timing-model fields of config.ps set away from their defaults."""
+def _simulated_fields(config) -> list[str]:
+  """The simulated-time fields (dotted) set away from their defaults: config.ps's timing model
+  and config.network's links, which real clocks replace."""
   import ml_collections  # noqa: PLC0415
 
+  from pdist import network  # noqa: PLC0415
   from pdist.ps import timing  # noqa: PLC0415
-  defaults = timing.add_timing_fields(ml_collections.ConfigDict()).to_dict()
+  ps = config.ps
   out = []
-  for key, value in defaults.items():
-    mine = ps[key].to_dict() if isinstance(value, dict) else ps[key]
-    if mine != value:
-      out.append(key)
+  for group, defaults in (("ps", timing.add_timing_fields(ml_collections.ConfigDict())),
+                          ("network", network.network_config())):
+    for key, value in defaults.to_dict().items():
+      mine = config[group][key].to_dict() if isinstance(value, dict) else config[group][key]
+      if mine != value:
+        out.append(f"{group}.{key}")
   if ps.failures.restart_delay != 1.0:  # Ray restarts a process as soon as it can
-    out.append("failures.restart_delay")
+    out.append("ps.failures.restart_delay")
   return out
 
 
@@ -105,10 +109,10 @@ class RayParameterServer(base.Strategy):
     if config.ps.ray_address not in ("", "auto"):
       check_reachable(config.ps.ray_address)  # Ray itself retries one for minutes,
       self._tls.check_cluster(config.ps.ray_address)   # and one that speaks other TLS too
-    simulated = _simulated_fields(config.ps)
+    simulated = _simulated_fields(config)
     if simulated:
       print(f"pdist: backend=ray runs on real clocks and ignores the simulated-time fields "
-            f"{', '.join('config.ps.' + f for f in simulated)}", file=sys.stderr)
+            f"{', '.join('config.' + f for f in simulated)}", file=sys.stderr)
     self.K = config.ps.workers
     self.bsp = config.ps.consistency == "bsp"
     self.tx = optim.build(config)
