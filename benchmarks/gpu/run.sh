@@ -19,7 +19,7 @@ LOG=$OUT/log.txt RES=$OUT/results.jsonl TIM=$OUT/timings.txt
 : >"$RES"; : >"$TIM"
 PY=${PY:-python3}
 DRY=${DRY:-0}
-DEADLINE=${DEADLINE:-395}   # seconds from start; the device call's timeout is ~420
+DEADLINE=${DEADLINE:-330}   # seconds from start; the device call's timeout is ~360
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
 # Two processes may hold the GPU at once (ps.py and dp.py start a fresh subprocess for peak RSS):
@@ -75,15 +75,15 @@ bench() {  # bench NAME CAP_SECONDS ARGS...
 
 if [ "$DRY" = 1 ]; then
   bench single_device 120 --steps 200
-  bench compute_bound 120 --steps 20
+  bench checkpoint 120 --steps 200 --every 100 --no-encrypt
 else
-  bench single_device 80 --steps 3000
-  bench compute_bound 60 --steps 1000
-  bench ps 120 --steps 2000
-  bench seeds 60 --steps 2000
-  bench compression 80 --steps 2000
-  bench dp 90 --steps 1000
-  bench charlm 60
+  # issue "Accelerator figures": the loop, ps K=4/256, checkpoint every 1000, federated, DP, charlm
+  bench single_device 45 --steps 3000
+  bench ps 70 --steps 1000
+  bench checkpoint 50 --steps 5000 --every 1000
+  bench dp 50 --steps 500
+  bench charlm 50 --steps 200
+  bench federated 60 --rounds 300 --scale_rounds 24
 fi
 echo "== done in $(( $(date +%s) - START ))s"
 cat "$TIM"
