@@ -73,7 +73,10 @@ bench() {  # bench NAME CAP_SECONDS ARGS...
   printf '%s rc=%d wall=%d.%03ds args=%s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$*" | tee -a "$TIM"
 }
 
-if [ "$DRY" = 1 ]; then
+if [ -n "${ONLY:-}" ]; then   # ONLY="name cap args...;name cap args..." (a second, shorter try)
+  IFS=';' read -ra items <<<"$ONLY"
+  for item in "${items[@]}"; do bench $item; done
+elif [ "$DRY" = 1 ]; then
   bench single_device 120 --steps 200
   bench checkpoint 120 --steps 200 --every 100 --no-encrypt
 else
