@@ -44,7 +44,11 @@ FORMAT = "pdist-checkpoint-2"  # 2: states hold the gradient pipeline's state
 HARMLESS_FIELDS = ("train.steps", "train.log_every", "train.eval_every", "train.progress",
                    "train.tensorboard", "train.eval_train", "train.updates_per_call",
                    "train.save_params", "checkpoint.every", "checkpoint.keep",
-                   "checkpoint.async_save", "checkpoint.restart", "checkpoint.key_file")
+                   "checkpoint.async_save", "checkpoint.restart", "checkpoint.key_file",
+                   # the mesh and ZeRO stage place the same state differently (resume on another
+                   # mesh: the restore places each array as the new run's state does)
+                   "sync.devices", "sync.mesh.data", "sync.mesh.fsdp", "sync.mesh.tensor",
+                   "sync.zero")
 
 
 class CheckpointError(RuntimeError):

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pdist import network as network_lib
 from pdist import pipeline as pipeline_lib
+from pdist.parallel import layout as layout_lib
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
 from pdist.registry import ConfigError
@@ -36,6 +37,9 @@ def validate_mesh(config, name: str) -> None:
   if config.sync.backend != "shard_map":
     raise ConfigError(f"config.strategy='{name}' runs on shard_map only; leave "
                       f"config.sync.backend='shard_map' (got '{config.sync.backend}')")
+  if layout_lib.is_sharded(config):
+    raise ConfigError(f"config.strategy='{name}' keeps one whole replica per device; leave "
+                      "config.sync.mesh and config.sync.zero at their defaults (data only)")
   if config.privacy.mechanism != "none":
     raise ConfigError(f"config.strategy='{name}' does not combine with config.privacy: DP-SGD's "
                       "accounting here is for one noisy update of one model a step; use 'sync'")

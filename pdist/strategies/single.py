@@ -91,11 +91,17 @@ class Single(base.Strategy):
     """The inverse of local_view for the updated slice."""
     return local_state
 
+  def place(self, what: str, tree):
+    """Where `tree` (what: batch, grads, params or opt_state) lives during the update: as it is
+    here; `sync` on a mesh with fsdp or tensor constrains it to its layout."""
+    return tree
+
   def update(self, state, batch):
     """One update: theta <- optimizer(theta, central(aggregate(local(grad(theta, batch)))))."""
     rng = jax.random.fold_in(state["step_key"], state["step"])
     params = state["params"]
-    grads, (loss, aux) = self.gradients(params, batch, rng)
+    grads, (loss, aux) = self.gradients(params, self.place("batch", batch), rng)
+    grads = self.place("grads", grads)
     key = jax.random.fold_in(rng, base.PIPELINE_SALT)
     local, local_key = self.local_view(state["pipeline"]["local"], key)
     grads, local, local_stats = self.pipeline.local.update(grads, local, None, local_key)
@@ -105,6 +111,7 @@ class Single(base.Strategy):
     grads, central, central_stats = self.pipeline.central.update(
         grads, state["pipeline"]["central"], params, key)
     params, opt_state = optim.apply_gradient(self.tx, params, state["opt_state"], grads)
+    params, opt_state = self.place("params", params), self.place("opt_state", opt_state)
     new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
                pipeline={"local": self.local_store(local), "central": central})
     return new, {**metrics, **central_stats}

@@ -36,6 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pdist import network as network_lib
 from pdist.parallel import buckets
+from pdist.parallel import layout as layout_lib
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
@@ -55,6 +56,10 @@ def sync_config() -> ml_collections.ConfigDict:
   # simulated time of one update's computation on a device (the unit of config.network's
   # latency and bandwidth: with seconds, a measured step time); rows carry sim_time
   c.compute_time = 1.0
+  # the named mesh (pdist/parallel/layout.py): sizes of data x fsdp x tensor x pipeline, whose
+  # product is the device count; one may be 0 (the rest). The default is data parallelism.
+  c.mesh = ml_collections.ConfigDict({"data": 0, "fsdp": 1, "tensor": 1, "pipeline": 1})
+  c.zero = 0   # ZeRO along fsdp: 1 optimizer state, 2 + gradients, 3 + parameters
   return c
 
 
@@ -62,10 +67,18 @@ def validate_sync(config) -> None:
   check_choice(config, "sync.backend", BACKENDS)
   check_positive(config, "sync.devices", "sync.bucket_mb", allow_zero=True)
   check_positive(config, "sync.compute_time")
+  layout_lib.validate(config)
 
 
 @STRATEGIES.register("sync", config=sync_config, validate=validate_sync,
                      reads=network_lib.READS)
+def build_sync(config, task, pipeline=None):
+  """`sync`: the shard_map data-parallel step, or with fsdp / tensor / zero the single-device
+  step compiled over the named mesh (`Sharded`)."""
+  cls = Sharded if layout_lib.is_sharded(config) else Sync
+  return cls(config, task, pipeline=pipeline)
+
+
 class Sync(Single):
 
   def __init__(self, config, task, pipeline=None):
@@ -220,3 +233,114 @@ class Sync(Single):
     state = jax.device_put(state, self._replicated)
     state["pipeline"]["local"] = jax.device_put(local, self._local)
     return state, jax.tree.map(lambda v: v[0], metrics)
+
+
+def _bytes(x) -> int:
+  return int(x.size) * x.dtype.itemsize
+
+
+class Sharded(Sync):
+  """`sync` on the named mesh data x fsdp x tensor (pdist/parallel/layout.py): `single`'s update
+  compiled with jax.jit over the mesh, the batch split over data x fsdp, parameters, gradients and
+  optimizer state placed by the layout's rules (ZeRO stage config.sync.zero along fsdp, Megatron
+  column / row pairs along tensor); XLA inserts the collectives those placements imply."""
+
+  def __init__(self, config, task, pipeline=None):
+    flat = list(mesh_lib.data_mesh(config.sync.devices).devices.flat)   # checks the count
+    self.sizes = layout_lib.mesh_sizes(config, len(flat))
+    self.mesh = layout_lib.build_mesh(flat, self.sizes)
+    self.num_devices = len(flat)
+    self.backend = "jit"
+    self.bucket_bytes = 0
+    shards = self.sizes["data"] * self.sizes["fsdp"]
+    b, a = config.data.batch_size, config.optim.accumulate_steps
+    if b % shards:
+      raise ConfigError(f"config.data.batch_size={b} is not divisible by data x fsdp = {shards}, "
+                        f"the mesh axes the batch is split over ({self.sizes})")
+    if (b // shards) % a:
+      raise ConfigError(f"the per-device batch {b // shards} is not divisible by "
+                        f"config.optim.accumulate_steps={a}")
+    self._replicated = NamedSharding(self.mesh, P())
+    self._batch = NamedSharding(self.mesh, P(layout_lib.BATCH))
+    self._indices_sharding = NamedSharding(self.mesh, P(None, layout_lib.BATCH))
+    self._local = self._replicated
+    Single.__init__(self, config, task, device=flat[0], pipeline=pipeline)
+    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.layout = layout_lib.Layout(self.mesh, self.sizes, int(config.sync.zero), shapes, self.tx)
+    self.network = network_lib.Network(config.network)
+    self.compute_time = float(config.sync.compute_time)
+    self.gradient_bytes = sum(_bytes(x) for x in jax.tree.leaves(shapes))
+    self.compressed = False
+    self._chunk = jax.jit(self._run_chunk, static_argnums=(3, 4), donate_argnums=(0,))
+    self._gather = jax.jit(lambda tree: tree, out_shardings=self._replicated)
+
+  # the update is single's: no per-device gradient, no explicit all-reduce
+  gradients = Single.gradients
+  aggregate = Single.aggregate
+  local_view = Single.local_view
+  local_store = Single.local_store
+
+  def local_copies(self) -> int:
+    return 0
+
+  def batch_shards(self) -> int:
+    return 1   # the math is the global batch's (single's); the mesh only places it
+
+  def place(self, what: str, tree):
+    if what == "batch":
+      return jax.lax.with_sharding_constraint(tree, jax.tree.map(lambda _: self._batch, tree))
+    specs = {"grads": self.layout.grad_specs, "params": self.layout.param_specs,
+             "opt_state": self.layout.opt_specs}[what]
+    return self.layout.constrain(tree, specs)
+
+  def shardings(self, state):
+    out = jax.tree.map(lambda _: self._replicated, state)
+    out["params"] = self.layout.shardings(self.layout.param_specs)
+    out["opt_state"] = self.layout.shardings(self.layout.opt_specs)
+    return out
+
+  def params(self, state):
+    return mesh_lib.local_copy(self._gather(state["params"]))
+
+  def communication(self, step: int, network=None) -> dict[str, float]:
+    """Each update: the gradient's reduction over data x fsdp as a ring all-reduce (ZeRO 1 and
+    2: a reduce-scatter then an all-gather of the updated shards, the same volume); ZeRO-3: two
+    all-gathers of the parameters along fsdp (forward, backward) and a reduce-scatter of the
+    gradient, then an all-reduce of each shard along data. Tensor parallelism's activation
+    all-reduces are not priced (they depend on the batch, not the parameters)."""
+    net = network or self.network
+    p, f, d = self.gradient_bytes // max(1, self.sizes["tensor"]), self.sizes["fsdp"], \
+        self.sizes["data"]
+    if self.layout.zero >= 3:
+      exchange = 2 * net.all_gather(p, f) + net.reduce_scatter(p, f) + net.all_reduce(p / f, d)
+      sent = 3 * p * (f - 1) / f + 2 * (p / f) * (d - 1) / d
+    else:
+      n = f * d
+      exchange = net.all_reduce(p, n)
+      sent = 2 * p * (n - 1) / n
+    return {"syncs": float(step), "bytes_sent": float(step * sent),
+            "sim_time": step * (self.compute_time + exchange)}
+
+  def describe(self, state) -> dict:
+    return {**super().describe(state), "layout": self.layout.describe(),
+            "memory": self.memory(state)}
+
+  def memory(self, state) -> dict:
+    """Bytes per device of the state's parts, from the arrays' own shards on this process's first
+    device (the gradient's from its layout: it exists only inside the step)."""
+    def per_device(tree):
+      return sum(_bytes(x.addressable_shards[0].data) for x in jax.tree.leaves(tree))
+
+    def grad_bytes():
+      total = 0
+      for x, spec in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(
+          self.layout.grad_specs, is_leaf=lambda s: isinstance(s, P))):
+        split = 1
+        for dim in spec:
+          split *= self.sizes[dim] if dim else 1
+        total += _bytes(x) // split
+      return total
+    return {"params_bytes_per_device": per_device(state["params"]),
+            "optimizer_bytes_per_device": per_device(state["opt_state"]),
+            "gradient_bytes_per_device": grad_bytes(),
+            "params_bytes_total": sum(_bytes(x) for x in jax.tree.leaves(state["params"]))}

@@ -1,0 +1,191 @@
+"""`sync` on the named mesh (data x fsdp x tensor, ZeRO 1-3): every layout is single-device
+training on the same global batch, with the state placed as the layout says."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_experiment, max_diff
+from pdist import config as config_lib
+from pdist import train
+from pdist.parallel import layout
+from pdist.registry import ConfigError
+from jax.sharding import PartitionSpec as P
+
+# float32 sums over the batch and over shards run in another order on each layout: 20 Adam
+# updates then differ at ~1e-6 relative; a wrong update (a missing mean, a slice applied twice)
+# moves the parameters by > 1e-3 (asserted below).
+TOL = 2e-5
+
+
+def _mlp(strategy="sync", steps=20, **fields):
+  c = load_experiment("mnist1d", "tiny")
+  c.strategy = strategy
+  c.optim.name, c.optim.learning_rate = "adam", 0.003
+  c.data.batch_size = 64
+  c.model.hidden = (64, 64)
+  c.train.steps, c.train.log_every, c.train.eval_every = steps, 10, 0
+  c.train.progress = False
+  for key, value in fields.items():
+    config_lib.set_field(c, key.replace("__", "."), value)
+  return c
+
+
+def _lm(strategy="sync", **fields):
+  c = load_experiment("charlm", "tiny")
+  c.strategy = strategy
+  c.model.width, c.model.heads = 32, 4
+  # plain SGD: Adam turns a ~1e-12 difference in a near-zero gradient (a byte the batch never
+  # holds) into a step of size lr, so its parameters cannot be compared at float tolerance
+  c.optim.name, c.optim.learning_rate, c.optim.weight_decay = "sgd", 0.1, 0.0
+  c.data.batch_size = 16
+  c.train.steps, c.train.log_every, c.train.eval_every = 10, 5, 0
+  c.train.progress, c.train.tensorboard = False, False
+  for key, value in fields.items():
+    config_lib.set_field(c, key.replace("__", "."), value)
+  return c
+
+
+LAYOUTS = {
+    "fsdp8_zero1": dict(sync__mesh__data=1, sync__mesh__fsdp=8, sync__zero=1),
+    "fsdp8_zero2": dict(sync__mesh__data=1, sync__mesh__fsdp=8, sync__zero=2),
+    "fsdp8_zero3": dict(sync__mesh__data=1, sync__mesh__fsdp=8, sync__zero=3),
+    "tensor8": dict(sync__mesh__data=1, sync__mesh__tensor=8),
+    "data4_tensor2": dict(sync__mesh__tensor=2),
+    "fsdp4_tensor2_zero3": dict(sync__mesh__data=1, sync__mesh__fsdp=4, sync__mesh__tensor=2,
+                                sync__zero=3),
+    "data2_fsdp2_tensor2_zero2": dict(sync__mesh__data=2, sync__mesh__fsdp=2,
+                                      sync__mesh__tensor=2, sync__zero=2),
+}
+
+
+@pytest.fixture(scope="module")
+def single_mlp():
+  return train.run(_mlp("single"))
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_mlp_layout_equals_single_device(name, single_mlp):
+  got = train.run(_mlp(**LAYOUTS[name]))
+  assert type(got.strategy).__name__ == "Sharded"
+  assert max_diff(single_mlp.params, got.params) < TOL, name
+  for a, b in zip(single_mlp.rows, got.rows):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_the_updates_really_move_the_parameters(single_mlp):
+  one = train.run(_mlp("single", steps=1))
+  assert max_diff(single_mlp.params, one.params) > 1e-3   # so TOL is a real bound
+
+
+@pytest.mark.parametrize("name", ["fsdp8_zero3", "tensor8", "data2_fsdp2_tensor2_zero2"])
+def test_transformer_layout_equals_single_device(name):
+  ref = train.run(_lm("single"))
+  got = train.run(_lm(**LAYOUTS[name]))
+  assert max_diff(ref.params, got.params) < TOL, name
+  for a, b in zip(ref.rows, got.rows):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_zero_stages_place_the_state_as_the_paper_says():
+  """Per device, in bytes, against the leaves' sizes counted by hand: ZeRO-1 shards the
+  optimizer state only, ZeRO-2 also the gradient, ZeRO-3 also the parameters (Rajbhandari et
+  al. 2020, Figure 1); with 8 devices each holds about 1/8 of what is sharded."""
+  hidden = (256, 256)
+  # mnist1d: 40 inputs, 10 classes; Adam keeps mu and nu, each the size of the parameters
+  sizes = [40 * 256, 256, 256 * 256, 256, 256 * 10, 10]
+  total = 4 * sum(sizes)
+  for zero in (1, 2, 3):
+    got = train.run(_mlp(model__hidden=hidden, steps=2, sync__mesh__data=1,
+                         sync__mesh__fsdp=8, sync__zero=zero)).summary["memory"]
+    assert got["params_bytes_total"] == total
+    # the optimizer state (mu, nu) is sharded from stage 1 on: within 5% of 2 x total / 8
+    assert got["optimizer_bytes_per_device"] <= 1.05 * 2 * total / 8
+    expect_grad = total / 8 if zero >= 2 else total
+    assert got["gradient_bytes_per_device"] == pytest.approx(expect_grad, rel=0.05)
+    expect_params = total / 8 if zero >= 3 else total
+    assert got["params_bytes_per_device"] == pytest.approx(expect_params, rel=0.05)
+
+
+def test_tensor_rules_are_megatron_pairs():
+  """Column-parallel then row-parallel: the first kernel of a pair is split along its outputs,
+  the second along its inputs; the classifier alone stays whole; the transformer block's qkv and
+  first MLP layer column, its `out` and second MLP layer row."""
+  sizes = {"data": 1, "fsdp": 1, "tensor": 2, "pipeline": 1}
+  spec = lambda path, shape, layers=3: layout.spec_for(path, shape, sizes, layers, fsdp=False)
+  assert spec("Dense_0/kernel", (40, 64)) == P(None, "tensor")
+  assert spec("Dense_0/bias", (64,)) == P("tensor")
+  assert spec("Dense_1/kernel", (64, 64)) == P("tensor")
+  assert spec("Dense_1/bias", (64,)) == P()
+  assert spec("Dense_2/kernel", (64, 10)) == P()          # the classifier, alone
+  assert spec("Dense_1/kernel", (64, 10), layers=2) == P("tensor")   # row: it pairs
+  block = "Block_0/CausalSelfAttention_0"
+  assert spec(f"{block}/qkv/kernel", (32, 96)) == P(None, "tensor")
+  assert spec(f"{block}/out/kernel", (32, 32)) == P("tensor")
+  assert spec("Block_0/Dense_0/kernel", (32, 128)) == P(None, "tensor")
+  assert spec("Block_0/Dense_1/kernel", (128, 32)) == P("tensor")
+  assert spec("embed/embedding", (256, 32)) == P()
+  assert spec("Dense_0/kernel", (40, 63)) == P()          # 2 does not divide 63
+  both = {"data": 1, "fsdp": 4, "tensor": 2, "pipeline": 1}
+  assert layout.spec_for("Dense_0/kernel", (40, 64), both, 3, fsdp=True) == \
+      P("fsdp", "tensor")   # fsdp takes the largest dimension tensor left free that 4 divides
+
+
+def test_mesh_sizes():
+  c = _mlp(sync__mesh__data=0, sync__mesh__fsdp=2, sync__mesh__tensor=2, sync__zero=1)
+  assert layout.mesh_sizes(c, 8) == {"data": 2, "fsdp": 2, "tensor": 2, "pipeline": 1}
+  assert not layout.is_sharded(_mlp())   # the default: today's data parallelism
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(sync__zero=3), "fsdp axis, which has size 1"),
+    (dict(sync__mesh__fsdp=8, sync__mesh__data=1), "with config.sync.zero=0 would replicate"),
+    (dict(sync__mesh__fsdp=0, sync__mesh__data=0, sync__zero=1), "only one axis may be 0"),
+    (dict(sync__mesh__tensor=3, sync__mesh__data=1), "has 3 devices, the run has 8"),
+    (dict(sync__mesh__pipeline=2), "pipeline parallelism is not built yet"),
+    (dict(sync__zero=4, sync__mesh__fsdp=8, sync__mesh__data=1), "config.sync.zero must be one of"),
+    (dict(sync__mesh__tensor=2, compression__name="int8"), "config.compression"),
+    (dict(sync__mesh__tensor=2, sync__backend="pmap"), "jax.jit over the named mesh"),
+    (dict(sync__mesh__fsdp=8, sync__mesh__data=1, sync__zero=1, data__batch_size=4),
+     "not divisible by data x fsdp"),
+])
+def test_bad_layouts_are_refused_in_one_sentence(fields, message):
+  with pytest.raises(ConfigError, match=message):
+    c = _mlp(**fields)
+    config_lib.validate(c)
+    train.run(c)
+
+
+def test_local_and_gossip_refuse_a_sharded_mesh():
+  c = _mlp("local", sync__mesh__tensor=2)
+  with pytest.raises(ConfigError, match="one whole replica per device"):
+    config_lib.validate(c)
+
+
+def test_resume_on_another_mesh_restores_the_state_bit_for_bit(tmp_path):
+  """Saved under fsdp 8 (ZeRO-3), resumed under data 2 x fsdp 2 x tensor 2, then data only:
+  the restored parameters and optimizer state equal the saved ones exactly, and training
+  continues to single-device training's result."""
+  work = str(tmp_path / "run")
+  first = train.run(_mlp(steps=10, sync__mesh__data=1, sync__mesh__fsdp=8, sync__zero=3,
+                         checkpoint__every=10), work)
+  saved = jax.device_get((first.state["params"], first.state["opt_state"]))
+  second = _mlp(steps=10, sync__mesh__data=2, sync__mesh__fsdp=2, sync__mesh__tensor=2,
+                sync__zero=2, checkpoint__every=10)
+  from pdist import checkpoint as ckpt_lib, strategies, tasks, data
+  task = tasks.build(second, data.load(second.data))
+  strategy = strategies.build(second, task)
+  template = strategy.init(jax.random.PRNGKey(0))
+  step, restored, _ = ckpt_lib.Checkpointer(f"{work}/checkpoints").restore_latest(
+      template, second.to_dict(), config_lib.base_config().to_dict())
+  assert step == 10
+  got = jax.device_get((restored["params"], restored["opt_state"]))
+  for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(got)):
+    assert np.array_equal(a, b)
+  assert restored["params"]["Dense_0"]["kernel"].sharding.spec == P(None, "tensor")
+  # and the runs go on: 10 more updates on the new mesh, 10 more on data parallelism only
+  train.run(_mlp(steps=20, sync__mesh__data=2, sync__mesh__fsdp=2, sync__mesh__tensor=2,
+                 sync__zero=2, checkpoint__every=10), work)
+  last = train.run(_mlp(steps=30, checkpoint__every=10), work)
+  assert last.summary["resumed_from"] == 20
+  assert max_diff(train.run(_mlp("single", steps=30)).params, last.params) < TOL
