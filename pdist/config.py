@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.heads = 4            # transformer: attention heads (must divide width)
   c.model.positions = "learned"  # transformer: learned / rotary
   c.model.dtype = "float32"    # float32 / bfloat16 (mixed precision: float32 parameters)
+  c.model.remat = "none"        # none / block: jax.checkpoint per transformer block or MLP layer
   c.model.qat = False          # quantisation-aware training: int8 fake-quantised weights (STE)
 
   c.optim = ml_collections.ConfigDict()
@@ -357,6 +358,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   distill.validate(config)
   network.validate_network(config)
   check_choice(config, "model.dtype", models.DTYPES)
+  check_choice(config, "model.remat", ("none", "block"))
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")
   for _, entry in list(_selected(config)):

@@ -249,7 +249,7 @@ def test_every_registry_declares_what_it_reads():
   forgets `reads` would have its fields refused, which this catches before users do)."""
   kinds = {r.kind: r.shared_fields() for r in config_lib.COMPONENTS}
   assert kinds["model"] == ["model.heads", "model.hidden", "model.kernel", "model.layers",
-                            "model.positions", "model.width"]
+                            "model.positions", "model.remat", "model.width"]
   assert "optim.momentum" in kinds["optimizer"] and "optim.warmup_steps" in kinds["schedule"]
   assert kinds["partition"] == ["data.dirichlet_alpha"]
   assert len(_unread_cases()) > 60

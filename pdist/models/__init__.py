@@ -50,9 +50,10 @@ def _dtype(m):
   return jnp.dtype(m.dtype)
 
 
-@MODELS.register("mlp", reads=("model.hidden",))
+@MODELS.register("mlp", reads=("model.hidden", "model.remat"))
 def _mlp(m, inputs: ModelInputs) -> nn.Module:
-  return MLP(hidden=tuple(m.hidden), num_outputs=inputs.num_outputs, dtype=_dtype(m))
+  return MLP(hidden=tuple(m.hidden), num_outputs=inputs.num_outputs, dtype=_dtype(m),
+             remat=m.remat == "block")
 
 
 @MODELS.register("linear")
@@ -89,10 +90,12 @@ def _validate_transformer(config) -> None:
 
 
 @MODELS.register("transformer", validate=_validate_transformer,
-                 reads=("model.width", "model.layers", "model.heads", "model.positions"))
+                 reads=("model.width", "model.layers", "model.heads", "model.positions",
+                        "model.remat"))
 def _transformer(m, inputs: ModelInputs) -> nn.Module:
   return Transformer(vocab_size=inputs.vocab_size, seq_len=inputs.seq_len, width=m.width,
-                     layers=m.layers, heads=m.heads, positions=m.positions, dtype=_dtype(m))
+                     layers=m.layers, heads=m.heads, positions=m.positions, dtype=_dtype(m),
+                     remat=m.remat == "block")
 
 
 def _validate_none(config) -> None:

@@ -12,10 +12,13 @@ class MLP(nn.Module):
   hidden: Sequence[int]
   num_outputs: int
   dtype: Any = jnp.float32      # computation dtype; parameters stay float32
+  remat: bool = False           # jax.checkpoint per hidden layer
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
-    for width in self.hidden:
-      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-    return nn.Dense(self.num_outputs, dtype=self.dtype)(x).astype(jnp.float32)
+    dense = nn.remat(nn.Dense) if self.remat else nn.Dense
+    for i, width in enumerate(self.hidden):   # Dense_i, as without remat
+      x = nn.relu(dense(width, dtype=self.dtype, name=f"Dense_{i}")(x))
+    return nn.Dense(self.num_outputs, dtype=self.dtype,
+                    name=f"Dense_{len(self.hidden)}")(x).astype(jnp.float32)

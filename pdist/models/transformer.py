@@ -70,6 +70,7 @@ class Transformer(nn.Module):
   heads: int = 4
   positions: str = "learned"   # learned / rotary
   dtype: Any = jnp.float32     # computation dtype; parameters stay float32
+  remat: bool = False          # jax.checkpoint per block: its activations recomputed backward
 
   @nn.compact
   def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
@@ -79,6 +80,7 @@ class Transformer(nn.Module):
     if self.positions == "learned":
       pos = self.param("positions", nn.initializers.normal(0.02), (self.seq_len, self.width))
       x = x + pos[None, :tokens.shape[1]].astype(self.dtype)
-    for _ in range(self.layers):
-      x = Block(self.width, self.heads, self.positions, self.dtype)(x)
+    block = nn.remat(Block) if self.remat else Block
+    for i in range(self.layers):   # named as without remat: the same parameter paths
+      x = block(self.width, self.heads, self.positions, self.dtype, name=f"Block_{i}")(x)
     return embed.attend(nn.LayerNorm(dtype=self.dtype)(x)).astype(jnp.float32)
