@@ -241,3 +241,27 @@ def test_remat_recomputes_the_same_update(model):
     barriers[remat] = text.count("optimization_barrier")
   assert max_diff(params["none"], params["block"]) < 1e-6
   assert barriers["none"] == 0 and barriers["block"] >= 3, barriers
+
+
+@pytest.mark.parametrize("extra, tol", [
+    (dict(privacy__mechanism="dpsgd", privacy__noise_multiplier=1.0, privacy__clip_norm=1.0),
+     TOL),   # Poisson batches, per-example clipping, the same noise draw: single's DP-SGD
+    (dict(optim__accumulate_steps=2), TOL),
+])
+def test_layouts_compose_with_dp_sgd_and_accumulation(extra, tol):
+  ref = train.run(_mlp("single", **extra))
+  got = train.run(_mlp(**LAYOUTS["data2_fsdp2_tensor2_zero2"], **extra))
+  assert max_diff(ref.params, got.params) < tol
+
+
+def test_layouts_compose_with_bf16_mixed_precision():
+  """bf16 compute, float32 master weights and optimizer state on the layout; bf16 sums in
+  another order differ at bf16's precision (8 bits of mantissa: ~4e-3 relative), so the losses
+  are compared at 1e-3 relative over 20 updates."""
+  ref = train.run(_mlp("single", model__dtype="bfloat16"))
+  got = train.run(_mlp(**LAYOUTS["fsdp4_tensor2_zero3"], model__dtype="bfloat16"))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(got.state["params"]))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(got.state["opt_state"])
+             if x.ndim > 0)
+  for a, b in zip(ref.rows, got.rows):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)

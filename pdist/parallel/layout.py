@@ -99,9 +99,6 @@ def validate(config) -> None:
   if config.compression.name != "none":
     raise ConfigError("config.compression compresses each device's own gradient; with fsdp or "
                       "tensor a device holds no whole gradient of its own: use the data axis only")
-  if config.privacy.mechanism != "none":
-    raise ConfigError("config.privacy with config.sync.mesh fsdp or tensor is not built yet; use "
-                      "the data axis only")
 
 
 def build_mesh(devices, sizes: dict[str, int]) -> Mesh:

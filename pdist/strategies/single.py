@@ -37,7 +37,7 @@ class Single(base.Strategy):
     accumulate = config.optim.accumulate_steps
     # differential privacy: Poisson batches, per-example clipping, noise after aggregation
     self.privacy = privacy_lib.build(config, task.dataset.num_train,
-                                     shards=self.batch_shards() * accumulate)
+                                     shards=self.batch_pieces() * accumulate)
     compute = None
     if self.privacy is not None:
       sample = {"x": task.dataset.x_train[:2], "y": task.dataset.y_train[:2]}
@@ -58,6 +58,11 @@ class Single(base.Strategy):
   def batch_shards(self) -> int:
     """Pieces one batch is cut into across devices (1 here)."""
     return 1
+
+  def batch_pieces(self) -> int:
+    """Pieces the devices cut one batch into (DP-SGD's batch cap is a multiple of it): as
+    batch_shards(), unless the math is the whole batch's but its rows are spread (`Sharded`)."""
+    return self.batch_shards()
 
   def local_copies(self) -> int:
     """How many copies of the local pipeline state the state holds (0: one, unstacked)."""

@@ -286,6 +286,9 @@ class Sharded(Sync):
   def batch_shards(self) -> int:
     return 1   # the math is the global batch's (single's); the mesh only places it
 
+  def batch_pieces(self) -> int:
+    return self.sizes["data"] * self.sizes["fsdp"]   # but its rows are split over data x fsdp
+
   def place(self, what: str, tree):
     if what == "batch":
       return jax.lax.with_sharding_constraint(tree, jax.tree.map(lambda _: self._batch, tree))
