@@ -69,6 +69,16 @@ def is_sharded(config) -> bool:
   return int(config.sync.zero) > 0 or any(int(m[a]) not in (0, 1) for a in AXES[1:])
 
 
+def explicit_zero(config) -> bool:
+  """Whether ZeRO runs with its collectives written out (strategies/sync.py's `Zero`): fsdp
+  without tensor, an elementwise optimizer (no global-norm clipping) and no DP-SGD; otherwise
+  the GSPMD path places the same state and XLA picks the collectives."""
+  m = config.sync.mesh
+  return (int(config.sync.zero) > 0 and int(m.tensor) == 1 and int(m.pipeline) in (0, 1)
+          and int(m.fsdp) != 1 and config.privacy.mechanism == "none"
+          and not config.optim.grad_clip > 0)
+
+
 def validate(config) -> None:
   """The combinations the layouts refuse, in one sentence each."""
   zero = int(config.sync.zero)
@@ -194,3 +204,36 @@ class Layout:
 
   def describe(self) -> dict:
     return {"mesh": dict(self.sizes), "zero": self.zero}
+
+
+DTYPE_BYTES = {"f64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s8": 1, "u8": 1,
+               "pred": 1, "s64": 8, "u64": 8}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def _shape_bytes(text: str) -> int:
+  """Bytes of an HLO result type: `f32[256,10]{1,0}` or a tuple `(f32[256]{0}, f32[])`."""
+  total = 0
+  for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([0-9,]*)\]", text):
+    if dtype in DTYPE_BYTES:
+      total += DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+  return total
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+  """{kind: {"count", "bytes"}} of a compiled program's collectives (`compiled.as_text()`): bytes
+  are each op's result (an all-gather's whole output, a reduce-scatter's one block, an
+  all-reduce's whole buffer; async pairs counted once, at their start)."""
+  out: dict[str, dict[str, int]] = {}
+  for line in hlo_text.splitlines():
+    m = re.search(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+    if not m:
+      continue
+    result = m.group(1)
+    if m.group(3):   # an async start returns (operands, outputs, ...): count the outputs only
+      parts = re.findall(r"[a-z]+\d*\[[0-9,]*\]", result)
+      result = " ".join(parts[len(parts) // 2:])
+    entry = out.setdefault(m.group(2), {"count": 0, "bytes": 0})
+    entry["count"] += 1
+    entry["bytes"] += _shape_bytes(result)
+  return out

@@ -97,8 +97,9 @@ class Single(base.Strategy):
     return local_state
 
   def place(self, what: str, tree):
-    """Where `tree` (what: batch, grads, params or opt_state) lives during the update: as it is
-    here; `sync` on a mesh with fsdp or tensor constrains it to its layout."""
+    """Where `tree` (what: batch, grads, update_params (what the optimizer updates), params
+    (after the update) or opt_state) lives during the update: as it is here; `sync` on a mesh
+    with fsdp or tensor places it as its layout says."""
     return tree
 
   def update(self, state, batch):
@@ -115,7 +116,8 @@ class Single(base.Strategy):
       metrics = privacy_lib.clipping.finalize_metrics(metrics, {"loss", *aux})
     grads, central, central_stats = self.pipeline.central.update(
         grads, state["pipeline"]["central"], params, key)
-    params, opt_state = optim.apply_gradient(self.tx, params, state["opt_state"], grads)
+    params, opt_state = optim.apply_gradient(self.tx, self.place("update_params", params),
+                                             state["opt_state"], grads)
     params, opt_state = self.place("params", params), self.place("opt_state", opt_state)
     new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state,
                pipeline={"local": self.local_store(local), "central": central})

@@ -27,10 +27,12 @@ devices abort the process).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -40,6 +42,7 @@ from pdist.parallel import layout as layout_lib
 from pdist.parallel import mesh as mesh_lib
 from pdist.parallel.mesh import AXIS
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
+from pdist.strategies import base as base_lib
 from pdist.strategies.single import Single
 
 BACKENDS = ("shard_map", "pmap")
@@ -75,7 +78,10 @@ def validate_sync(config) -> None:
 def build_sync(config, task, pipeline=None):
   """`sync`: the shard_map data-parallel step, or with fsdp / tensor / zero the single-device
   step compiled over the named mesh (`Sharded`)."""
-  cls = Sharded if layout_lib.is_sharded(config) else Sync
+  if not layout_lib.is_sharded(config):
+    cls = Sync
+  else:
+    cls = Zero if layout_lib.explicit_zero(config) else Sharded
   return cls(config, task, pipeline=pipeline)
 
 
@@ -290,6 +296,8 @@ class Sharded(Sync):
     return self.sizes["data"] * self.sizes["fsdp"]   # but its rows are split over data x fsdp
 
   def place(self, what: str, tree):
+    if what == "update_params":
+      return tree
     if what == "batch":
       return jax.lax.with_sharding_constraint(tree, jax.tree.map(lambda _: self._batch, tree))
     specs = {"grads": self.layout.grad_specs, "params": self.layout.param_specs,
@@ -347,3 +355,98 @@ class Sharded(Sync):
             "optimizer_bytes_per_device": per_device(state["opt_state"]),
             "gradient_bytes_per_device": grad_bytes(),
             "params_bytes_total": sum(_bytes(x) for x in jax.tree.leaves(state["params"]))}
+
+
+class Zero(Sharded):
+  """ZeRO along fsdp with the textbook collectives, written out in `jax.shard_map` (data x fsdp,
+  no tensor axis): each device holds its block of what the stage shards (the leaf's largest
+  dimension fsdp divides; other leaves whole) and takes the gradient of its slice of the batch.
+
+    stage 1  gradient all-reduced (pmean over data x fsdp), the optimizer updates this device's
+             block, the updated blocks all-gathered along fsdp;
+    stage 2  gradient reduce-scattered along fsdp (then all-reduced along data), the same update
+             and all-gather;
+    stage 3  parameters stored as blocks: all-gathered along fsdp where they are used, the
+             gradient reduce-scattered by the all-gather's transpose. The textbook gathers again
+             for the backward pass (jax.checkpoint here keeps every activation but the gathered
+             parameters); XLA's CPU backend merges that gather with the forward one (CSE), so
+             the compiled step keeps the gathered parameters and moves ~2x, not ~3x, the
+             parameter bytes.
+
+  tests/test_sharded.py reads the compiled program's collectives and their bytes. Leaves fsdp does not
+  divide are all-reduced like data parallelism's. The optimizer must be elementwise on blocks:
+  config.optim.grad_clip (a global norm) and DP-SGD take the GSPMD path (`Sharded`) instead."""
+
+  MANUAL = ("data", "fsdp")
+
+  def __init__(self, config, task, pipeline=None):
+    super().__init__(config, task, pipeline=pipeline)
+    none = -1
+    self.fdims = jax.tree.map(lambda spec: list(spec).index("fsdp") if "fsdp" in spec else none,
+                              self.layout.sharded_specs, is_leaf=lambda s: isinstance(s, P))
+    self.f = self.sizes["fsdp"]
+    if self.layout.zero >= 3:
+      gathered_loss = jax.checkpoint(
+          lambda blocks, batch, rng: task.loss(self._gather_blocks(blocks), batch, rng),
+          policy=jax.checkpoint_policies.save_anything_except_these_names("fsdp_gathered"))
+      self._grad_blocks = base_lib.grad_fn(dataclasses.replace(task, loss=gathered_loss),
+                                           config.optim.accumulate_steps)
+    self._chunk = jax.jit(self._manual_chunk, static_argnums=(3, 4), donate_argnums=(0,))
+
+  def _gather_blocks(self, blocks):
+    def gather(x, d):
+      if d < 0:
+        return x
+      full = jax.lax.all_gather(x, "fsdp", axis=d, tiled=True)
+      return checkpoint_name(full, "fsdp_gathered")
+    return jax.tree.map(gather, blocks, self.fdims)
+
+  def _block(self, x, d):
+    """This device's block of the whole leaf x along dimension d (no communication)."""
+    size = x.shape[d] // self.f
+    return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index("fsdp") * size, size, axis=d)
+
+  def gradients(self, params, batch, rng):
+    # each device's own gradient: differentiate copies that vary along the axes the batch is
+    # split over (a gradient w.r.t. an invariant input would come back summed; see Sync)
+    if self.layout.zero >= 3:
+      blocks = jax.tree.map(lambda x, d: jax.lax.pcast(
+          x, ("data",) if d >= 0 else self.MANUAL, to="varying"), params, self.fdims)
+      return self._grad_blocks(blocks, batch, rng)
+    return self._grad(jax.lax.pcast(params, self.MANUAL, to="varying"), batch, rng)
+
+  def aggregate(self, grads, metrics):
+    zero, f = self.layout.zero, self.f
+
+    def mean(x, axes):   # an axis of size 1 needs no collective
+      axes = tuple(a for a in axes if self.sizes[a] > 1)
+      return jax.lax.pmean(x, axes) if axes else x
+
+    def reduce(g, d):
+      if d < 0:
+        return mean(g, self.MANUAL)
+      if zero >= 3:     # already summed and scattered along fsdp by the all-gather's transpose
+        return mean(g / f, ("data",))
+      if zero == 2:
+        return mean(jax.lax.psum_scatter(g, "fsdp", scatter_dimension=d, tiled=True) / f,
+                    ("data",))
+      return self._block(mean(g, self.MANUAL), d)   # stage 1: all-reduce, keep a block
+    return jax.tree.map(reduce, grads, self.fdims), mean(metrics, self.MANUAL)
+
+  def place(self, what: str, tree):
+    if self.layout.zero >= 3 or what not in ("update_params", "params"):
+      return tree
+    if what == "update_params":   # stages 1-2: the optimizer updates this device's block
+      return jax.tree.map(lambda x, d: x if d < 0 else self._block(x, d), tree, self.fdims)
+    return jax.tree.map(lambda x, d: x if d < 0 else jax.lax.all_gather(
+        x, "fsdp", axis=d, tiled=True), tree, self.fdims)
+
+  def _manual_chunk(self, state, data, indices, num_updates: int, segments=None):
+    specs = jax.tree.map(lambda _: P(), state)
+    specs["params"] = self.layout.param_specs
+    specs["opt_state"] = self.layout.opt_specs
+    chunk = jax.shard_map(functools.partial(self._run_chunk, num_updates=num_updates,
+                                            segments=segments),
+                          mesh=self.mesh, in_specs=(specs, P(), P(None, layout_lib.BATCH)),
+                          out_specs=(specs, P()), check_vma=False)
+    return chunk(state, data, indices)
