@@ -14,7 +14,8 @@ bandwidth-optimal algorithms (Thakur, Rabenseifner and Gropp 2005; the ring of N
   gossip step              one message of B bytes to each of `degree` neighbours, sent one after
                            another over the node's one link: degree * (latency + B / bandwidth)
 
-so a collective among N = 1 peers costs nothing. The time unit is whatever the strategy's compute
+so a collective among N = 1 peers costs nothing. `*_sent` give the bytes one node sends in each:
+rows' `bytes_sent` (sync, local, gossip) are those wire bytes, so the strategies compare. The time unit is whatever the strategy's compute
 time is measured in (config.sync.compute_time, config.ps.compute_time.mean, ...).
 """
 
@@ -70,6 +71,25 @@ class Network:
     return (peers - 1) * (self.latency + self.wire(nbytes / peers))
 
   reduce_scatter = all_gather   # the same ring, run the other way
+
+  # -- bytes one node sends over its link (`bytes_sent` in rows: one meaning for every strategy) --
+  @staticmethod
+  def all_reduce_sent(nbytes: float, peers: int) -> float:
+    """A ring all-reduce of `nbytes`: 2 (N-1) messages of nbytes / N."""
+    return 2 * (peers - 1) * nbytes / peers if peers > 1 else 0.0
+
+  @staticmethod
+  def all_gather_sent(nbytes: float, peers: int) -> float:
+    """A ring all-gather (or reduce-scatter) of an array of `nbytes` in all: (N-1) messages of
+    nbytes / N."""
+    return (peers - 1) * nbytes / peers if peers > 1 else 0.0
+
+  reduce_scatter_sent = all_gather_sent
+
+  @staticmethod
+  def gossip_sent(nbytes: float, degree: int) -> float:
+    """A gossip step: the whole `nbytes` to each of `degree` neighbours."""
+    return degree * nbytes
 
   def gossip(self, nbytes: float, degree: int) -> float:
     """One gossip step: the whole `nbytes` to each of `degree` neighbours over one link."""

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from pdist import config as config_lib
@@ -237,8 +238,19 @@ def _resume(r: _Run) -> None:
   r.ckpt, r.state, r.start_step = _open_checkpoints(r.config, r.workdir, r.strategy, r.state,
                                                     r.log)
   r.step = r.start_step
-  if not r.is_writer:
-    return
+  if r.is_writer:
+    _resume_writer(r)
+  if jax.process_count() > 1:
+    # every process must agree whether the run is already finished: _finish may run collectives
+    # (a gossip run's parameters are its replicas' mean), which all processes must join
+    from jax.experimental import multihost_utils
+    done = multihost_utils.broadcast_one_to_all(np.int32(r.finished is not None))
+    if int(done) and r.finished is None:
+      r.finished = {}   # process 0 holds the finished run's summary; this one writes nothing
+
+
+def _resume_writer(r: _Run) -> None:
+  """Process 0's part of a resume: config.json, metrics and traces cut back to the checkpoint."""
   with open(os.path.join(r.workdir, "config.json"), "w") as f:
     f.write(r.config.to_json(indent=2, sort_keys=True) + "\n")
   metrics_path = os.path.join(r.workdir, "metrics.jsonl")

@@ -140,8 +140,11 @@ def test_streaming_fragments_are_contiguous_and_balanced():
 
 
 @pytest.mark.slow
-def test_gossip_on_a_ring_matches_the_mixing_matrix_reference():
-  c = _config("gossip", steps=12, hidden=(16, 16), gossip__topology="ring")
+@pytest.mark.parametrize("topology", ["ring", "exponential"])
+def test_gossip_matches_the_mixing_matrix_reference(topology):
+  """The replicas of a run against numpy's W @ (x - lr g), W written by hand: the ring's
+  (symmetric) and the directed exponential graph's, whose direction a reversed permute breaks."""
+  c = _config("gossip", steps=12, hidden=(16, 16), gossip__topology=topology)
   got = train.run(c)
   strategy, R = got.strategy, 8
   task = strategy.task
@@ -159,10 +162,12 @@ def test_gossip_on_a_ring_matches_the_mixing_matrix_reference():
       at += n
     return jax.tree.unflatten(tree, out)
 
-  # the ring's W by hand: 1/3 on the diagonal and both neighbours
   w = np.zeros((R, R))
   for i in range(R):
-    w[i, [i, (i - 1) % R, (i + 1) % R]] = 1 / 3
+    if topology == "ring":   # 1/3 on the diagonal and both neighbours
+      w[i, [i, (i - 1) % R, (i + 1) % R]] = 1 / 3
+    else:                    # i <- i - 1, i - 2, i - 4 (mod 8) and itself: 1/4 each
+      w[i, [i, (i - 1) % R, (i - 2) % R, (i - 4) % R]] = 1 / 4
   grad = jax.jit(jax.grad(lambda p, b, r: task.loss(p, b, r)[0]))
   x, y = task.dataset.x_train, task.dataset.y_train
   for s in range(12):
@@ -217,10 +222,20 @@ def test_simulated_time_is_the_network_model_in_closed_form():
   nbytes = 4 * params
   ring = 2 * 7 * (0.01 + nbytes / 8 / 1e6)           # ring all-reduce over 8 devices
   assert sync.rows[-1]["sim_time"] == pytest.approx(10 * (0.5 + ring))
-  assert sync.rows[-1]["bytes_sent"] == 10 * nbytes
+  assert sync.rows[-1]["bytes_sent"] == pytest.approx(10 * 2 * 7 / 8 * nbytes)   # ring: 2(N-1)/N
   local = train.run(_config("local", steps=10, hidden=(16, 16), local__inner_steps=4, **net))
   assert local.rows[-1]["syncs"] == 2                 # after updates 4 and 8
   assert local.rows[-1]["sim_time"] == pytest.approx(10 * 0.5 + 2 * ring)
+  assert local.rows[-1]["bytes_sent"] == pytest.approx(2 * 2 * 7 / 8 * nbytes)
+  # streaming: 2 fragments after a warm-up of 2, each fragment's all-reduce at its own offset
+  frag = train.run(_config("local", steps=10, hidden=(16, 16), local__inner_steps=4,
+                           local__fragments=2, local__sync_warmup=2, **net))
+  leaves = jax.tree.leaves(frag.params)
+  fb = [4 * sum(leaves[i].size for i in g) for g in split_fragments([x.shape for x in leaves], 2)]
+  # warm-up: 2 dense all-reduces; then 8 local steps: fragment 0 due at local steps 4, 8,
+  # fragment 1 (offset 2) at 2, 6
+  expect = 10 * 0.5 + 2 * ring + sum(2 * 2 * 7 * (0.01 + b / 8 / 1e6) for b in fb)
+  assert frag.rows[-1]["sim_time"] == pytest.approx(expect)
   gossip = train.run(_config("gossip", steps=10, hidden=(16, 16), **net))
   assert gossip.rows[-1]["sim_time"] == pytest.approx(10 * (0.5 + 2 * (0.01 + nbytes / 1e6)))
   assert gossip.rows[-1]["bytes_sent"] == 10 * 2 * nbytes
@@ -285,3 +300,26 @@ def test_two_processes_equal_one_process(strategy, tmp_path):
   for r1, r2 in zip(rows_one, rows_two):
     assert r2["syncs"] == r1["syncs"] and r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
     assert r2["consensus"] == pytest.approx(r1["consensus"], rel=1e-4, abs=1e-6)
+
+
+def test_compressed_outer_gradients():
+  """Top-k keeping every value (ratio 1) is the uncompressed run; at ratio 0.1 with error feedback
+  the parameters differ, and each sync all-gathers every replica's payload of k values with their
+  int32 indices: (N-1) messages of 8k bytes, priced in closed form."""
+  net = dict(network__latency=0.01, network__bandwidth=1e6, sync__compute_time=0.5)
+  base_fields = dict(steps=8, hidden=(16, 16), local__inner_steps=4, **net)
+  plain = train.run(_config("local", **base_fields))
+  whole = train.run(_config("local", compression__name="topk", compression__ratio=1.0,
+                            **base_fields))
+  np.testing.assert_allclose(
+      np.concatenate([np.ravel(v) for v in jax.tree.leaves(whole.params)]),
+      np.concatenate([np.ravel(v) for v in jax.tree.leaves(plain.params)]), atol=1e-6)
+  tenth = train.run(_config("local", compression__name="topk", compression__ratio=0.1,
+                            compression__error_feedback=True, **base_fields))
+  n = sum(v.size for v in jax.tree.leaves(tenth.params))
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(tenth.params), jax.tree.leaves(plain.params))) > 1e-4
+  k = max(1, round(0.1 * n))
+  gather = 7 * (0.01 + 8 * k / 1e6)     # ring all-gather of 8 payloads of 8k bytes
+  assert tenth.rows[-1]["sim_time"] == pytest.approx(8 * 0.5 + 2 * gather)
+  assert tenth.rows[-1]["bytes_sent"] == pytest.approx(2 * 7 * 8 * k)

@@ -55,10 +55,13 @@ READS = {"int8": ("error_feedback",), "qsgd": ("error_feedback", "levels"),
 
 def _validate_any(config) -> None:
   name = config.compression.name
-  if config.strategy not in ("sync", "ps"):
-    raise ConfigError(f"config.compression.name='{name}' compresses what a "
-                      f"strategy sends, and config.strategy='{config.strategy}' sends nothing; "
-                      "use sync or ps")
+  if config.strategy == "single":
+    raise ConfigError(f"config.compression.name='{name}' compresses what a strategy sends, and "
+                      "config.strategy='single' sends nothing; use sync, ps or local")
+  if config.strategy not in ("sync", "ps", "local"):
+    raise ConfigError(f"config.compression.name='{name}' does not apply to "
+                      f"config.strategy='{config.strategy}'; it compresses sync's and ps's "
+                      "gradients and local's outer gradients")
   if getattr(config, "privacy", None) is not None and config.privacy.mechanism != "none":
     raise ConfigError("config.compression with config.privacy.mechanism='dpsgd' is not supported: "
                       "error feedback carries private gradients across steps, outside DP-SGD's "

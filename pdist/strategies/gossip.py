@@ -11,7 +11,8 @@ each of its d distinct in-neighbours 1/(d+1). The graphs over N replicas, config
 
   ring         i <- i-1, i+1                                    d = 2 (1 when N = 2)
   torus        a rows x b columns, a*b = N, a the largest divisor <= sqrt(N); i <- its four grid
-               neighbours with wrap-around (distinct ones only: d = 2 or 3 when a side is 2)
+               neighbours with wrap-around (distinct ones only: d = 2 or 3 when a side is 2; a
+               prime N has a = 1, and the torus is the ring)
   exponential  i <- i - 2^k (mod N), k = 0 .. ceil(log2 N) - 1  (Ying et al. 2021's static
                exponential graph; directed, d = ceil(log2 N))
   complete     i <- every j: W = 11^T / N, one all-reduce (pmean)
@@ -136,9 +137,11 @@ class Gossip(replicas_lib.Replicas):
   def communication(self, step: int, network=None) -> dict[str, float]:
     n, net = self.num_devices, network or self.network
     if self.topology == "complete":
-      exchange, sent = net.all_reduce(self.model_bytes, n), self.model_bytes
+      exchange = net.all_reduce(self.model_bytes, n)
+      sent = net.all_reduce_sent(self.model_bytes, n)
     else:
-      exchange, sent = net.gossip(self.model_bytes, self.degree), self.degree * self.model_bytes
+      exchange = net.gossip(self.model_bytes, self.degree)
+      sent = net.gossip_sent(self.model_bytes, self.degree)
     return {"syncs": float(step), "bytes_sent": float(step * sent),
             "sim_time": step * (self.compute_time + exchange)}
 

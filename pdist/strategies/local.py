@@ -14,18 +14,20 @@ theta <- mean_i theta_i. DiLoCo (Douillard et al. 2023) is inner AdamW and outer
 lr 0.7 and momentum 0.9. With H = 1, plain averaging and plain-SGD inner steps the run is `sync`'s
 (theta - mean_i (theta - (theta - lr g_i)) = theta - lr mean_i g_i, up to float rounding).
 
-- sync_warmup = W: the first W updates are synchronous (the gradients are all-reduced, `sync`'s
-  update on every replica), then local steps start: post-local SGD (Lin et al. 2020).
+- sync_warmup = W: the first W updates are synchronous (the gradients are all-reduced dense,
+  `sync`'s uncompressed update on every replica: config.compression applies to outer gradients
+  only), then local steps start: post-local SGD (Lin et al. 2020).
 - fragments = P (streaming DiLoCo, Douillard et al. 2025): the parameters' leaves are cut into P
-  contiguous fragments of about equal size; fragment p synchronises at the local steps
-  k = p*H/P (mod H), each with its own outer-optimizer state, so only 1/P of the model is sent at
-  once. Outer gradients go through config.compression (per replica, error feedback where the
+  contiguous fragments of about equal element counts; fragment p synchronises at the local steps
+  k with k = floor(p*H/P) (mod H), each with its own outer-optimizer state, so only 1/P of the
+  model is sent at once. The exchange does not overlap the next inner steps (the paper's tau = 0)
+  and fragments are contiguous leaves, not strided layers. Outer gradients go through config.compression (per replica, error feedback where the
   compressor keeps it) before they are averaged; each fragment has its own compressor state.
 
 The parameters a run evaluates and saves are the outer ones (theta: what every replica starts the
 next round from), which a real deployment has without further communication; during the warmup,
 the (identical) replicas'. Rows carry `syncs` (model-sized all-reduces so far: a fragment's counts
-its share), `bytes_sent` (per replica, all-reduce payloads), `sim_time` (config.sync.compute_time
+its share), `bytes_sent` (what one replica sends over its link), `sim_time` (config.sync.compute_time
 per update plus each collective priced by pdist/network.py; communication does not overlap
 compute), and `consensus` (mean over replicas of ||theta_i - mean theta||, at the row's end).
 """
@@ -71,6 +73,10 @@ def validate_local(config) -> None:
   if c.outer_optimizer != "sgd" and (c.outer_momentum or c.outer_nesterov):
     raise ConfigError(f"config.local.outer_momentum and outer_nesterov apply to the outer 'sgd' "
                       f"only, not '{c.outer_optimizer}'")
+  if c.outer_optimizer == "adam" and c.outer_learning_rate >= 1:
+    raise ConfigError(f"config.local.outer_learning_rate={c.outer_learning_rate} with the outer "
+                      "'adam' moves every coordinate by about that much a round; set a small one "
+                      "(e.g. 1e-3; the default 1.0 is plain averaging's, with 'sgd')")
   if c.outer_nesterov and not c.outer_momentum:
     raise ConfigError("config.local.outer_nesterov=True needs config.local.outer_momentum > 0")
   if c.fragments > c.inner_steps:
@@ -201,14 +207,17 @@ class Local(replicas_lib.Replicas):
     warm = min(step, self.W)
     local_steps = max(step - self.W, 0)
     syncs = float(warm)
-    sent = warm * self.model_bytes
+    sent = warm * net.all_reduce_sent(self.model_bytes, n)
     time = step * self.compute_time + warm * net.all_reduce(self.model_bytes, n)
     for off, nbytes in zip(self.offsets, self.fragment_bytes):
       done = syncs_done(local_steps, off, self.H)
       syncs += done / len(self.groups)
-      sent += done * nbytes
-      time += done * (net.all_gather(n * nbytes, n) if self.compressed
-                      else net.all_reduce(nbytes, n))
+      if self.compressed:   # each replica's compressed outer gradient, all-gathered
+        sent += done * net.all_gather_sent(n * nbytes, n)
+        time += done * net.all_gather(n * nbytes, n)
+      else:
+        sent += done * net.all_reduce_sent(nbytes, n)
+        time += done * net.all_reduce(nbytes, n)
     return {"syncs": syncs, "bytes_sent": float(sent), "sim_time": time}
 
 

@@ -195,14 +195,19 @@ class Sync(Single):
     return self._chunk(state, self.data, idx, num_updates, segments)
 
   def communication(self, step: int, network=None) -> dict[str, float]:
-    """`syncs`, `bytes_sent` (one device's) and `sim_time` after `step` updates: each update is
+    """`syncs`, `bytes_sent` (what one device sends over its link) and `sim_time` after `step`
+    updates: each update is
     compute_time plus one all-reduce of the gradient (an all-gather of the compressed payloads
     when config.compression is on), priced by pdist/network.py: this run's config.network, or
     `network` (a network.Network: the same run priced on other links)."""
     n, net = self.num_devices, network or self.network
-    exchange = (net.all_gather(n * self.gradient_bytes, n) if self.compressed
-                else net.all_reduce(self.gradient_bytes, n))
-    return {"syncs": float(step), "bytes_sent": float(step * self.gradient_bytes),
+    if self.compressed:
+      exchange = net.all_gather(n * self.gradient_bytes, n)
+      sent = net.all_gather_sent(n * self.gradient_bytes, n)
+    else:
+      exchange = net.all_reduce(self.gradient_bytes, n)
+      sent = net.all_reduce_sent(self.gradient_bytes, n)
+    return {"syncs": float(step), "bytes_sent": float(step * sent),
             "sim_time": step * (self.compute_time + exchange)}
 
   def host_metrics(self, metrics, step: int) -> dict[str, float]:
@@ -324,11 +329,11 @@ class Sharded(Sync):
         self.sizes["data"]
     if self.layout.zero >= 3:
       exchange = 2 * net.all_gather(p, f) + net.reduce_scatter(p, f) + net.all_reduce(p / f, d)
-      sent = 3 * p * (f - 1) / f + 2 * (p / f) * (d - 1) / d
+      sent = (2 * net.all_gather_sent(p, f) + net.reduce_scatter_sent(p, f)
+              + net.all_reduce_sent(p / f, d))
     else:
-      n = f * d
-      exchange = net.all_reduce(p, n)
-      sent = 2 * p * (n - 1) / n
+      exchange = net.all_reduce(p, f * d)
+      sent = net.all_reduce_sent(p, f * d)
     return {"syncs": float(step), "bytes_sent": float(step * sent),
             "sim_time": step * (self.compute_time + exchange)}
 
