@@ -315,3 +315,32 @@ def test_zero_with_written_out_collectives_equals_single_device(single_mlp):
   acc = train.run(_mlp(sync__mesh__data=1, sync__mesh__fsdp=8, sync__zero=3,
                        optim__accumulate_steps=2))
   assert max_diff(single_mlp.params, acc.params) < TOL
+
+
+@pytest.mark.parametrize("preset", ["", "fsdp8"])
+def test_the_large_preset_holds_an_eighth_per_device(preset):
+  """experiments/lm_large.py (100M parameters, 1.2 GB with Adam) laid out on 8 devices, from
+  shapes only (nothing allocated): per device at most 1.05 x an eighth of the parameters and of
+  the optimizer state (ZeRO-3; data 1 x fsdp 4 x tensor 2, and fsdp 8)."""
+  import math
+  from jax.sharding import Mesh
+  from pdist import data, optim, tasks
+  c = load_experiment("lm_large", preset)
+  task = tasks.build(c, data.load(c.data))
+  shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+  tx = optim.build(c)
+  sizes = layout.mesh_sizes(c, 8)
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape([sizes[a] for a in layout.AXES]), layout.AXES)
+  lay = layout.Layout(mesh, sizes, 3, shapes, tx)
+
+  def per_device(tree, specs):
+    flat_specs = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))
+    return sum(x.size * x.dtype.itemsize // math.prod(sizes[a] for a in s if a)
+               for x, s in zip(jax.tree.leaves(tree), flat_specs))
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  assert total > 400e6   # >= 100M float32 parameters
+  assert per_device(shapes, lay.param_specs) <= 1.05 * total / 8
+  opt = jax.eval_shape(tx.init, shapes)
+  opt_total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt))
+  assert opt_total >= 2 * total   # Adam: two moments
+  assert per_device(opt, lay.opt_specs) <= 1.05 * opt_total / 8
