@@ -27,8 +27,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
+# every paper in experiments/papers/ (~45 minutes on 2 cores): REPRODUCTIONS.md, figures in
+# docs/reproductions/; `python -m pdist.reproduce --only NAME --markdown REPRODUCTIONS.md` redoes one
 reproduce: $(STAMP)
-	$(PY) -m pdist.reproduce --workdir runs/reproduce
+	$(PY) -m pdist.reproduce --workdir runs/reproduce --markdown REPRODUCTIONS.md
 
 notebooks: $(STAMP)
 	$(PY) tools/make_notebooks.py
