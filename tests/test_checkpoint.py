@@ -86,7 +86,10 @@ def _same_params(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+# local and gossip resume mid-round in-process in tests/test_local.py; their SIGKILL runs are in
+# `make test-all`
+@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.long)
+                                     if v in ("local", "gossip") else v for v in sorted(VARIANTS)])
 def test_killed_run_resumes_bit_for_bit(variant, tmp_path, capsys):
   ref, run = tmp_path / "ref", tmp_path / "run"
   _reference(variant, ref)

@@ -47,19 +47,32 @@ def _preset_pairs():
 PAIRS = _preset_pairs()
 
 
-@pytest.mark.parametrize("name, preset", PAIRS, ids=[f"{n}:{p}" for n, p in PAIRS])
-def test_every_preset_combines_with_tiny_in_either_order(name, preset, tmp_path):
-  """`tiny` wins wherever it is written: "tiny,P" and "P,tiny" are one config, as short as the
-  experiment's own tiny, and it trains (ps on Ray only validated here: each Ray start costs
-  seconds; test_ps_ray.py runs its presets)."""
+def _tiny_pair(name, preset):
   from pdist import config as config_lib
   path = os.path.join(EXPERIMENTS, f"{name}.py")
   first = config_lib.load(f"{path}:tiny,{preset}")
   second = config_lib.load(f"{path}:{preset},tiny")
+  return first, second, config_lib.load(f"{path}:tiny")
+
+
+@pytest.mark.parametrize("name, preset", PAIRS, ids=[f"{n}:{p}" for n, p in PAIRS])
+def test_every_preset_combines_with_tiny_in_either_order(name, preset):
+  """`tiny` wins wherever it is written: "tiny,P" and "P,tiny" are one valid config, as short as
+  the experiment's own tiny (each pair trains in test_every_preset_trains_with_tiny)."""
+  from pdist import config as config_lib
+  first, second, alone = _tiny_pair(name, preset)
   assert first.to_dict() == second.to_dict()
-  alone = config_lib.load(f"{path}:tiny")
   assert first.train.steps == alone.train.steps
   assert first.data.num_train == alone.data.num_train
+  config_lib.validate(first)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("name, preset", PAIRS, ids=[f"{n}:{p}" for n, p in PAIRS])
+def test_every_preset_trains_with_tiny(name, preset, tmp_path):
+  """Each "tiny,P" trains its first rows (ps on Ray only validated here: each Ray start costs
+  seconds; test_ps_ray.py runs its presets). In `make test-all`: ~3 s each, ~70 pairs."""
+  first, _, _ = _tiny_pair(name, preset)
   if first.strategy == "ps" and first.ps.backend == "ray":
     return
   first.train.progress, first.train.tensorboard = False, False

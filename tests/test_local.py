@@ -34,7 +34,7 @@ def _rows_match(a_rows, b_rows, keys=("loss", "accuracy")):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("momentum", [pytest.param(0.0, marks=pytest.mark.long), 0.9])
 def test_one_inner_step_of_plain_averaging_is_sync(momentum):
   """H = 1, outer SGD lr 1 without momentum: theta - mean_i(theta - theta_i) = sync's update
   (with inner momentum too: the mean of the replicas' momenta is sync's momentum)."""
@@ -266,7 +266,8 @@ TWO_PROCESSES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", sorted(TWO_PROCESSES))
+# gossip in `make test` (its end runs a collective on every process); local in `make test-all`
+@pytest.mark.parametrize("strategy", [pytest.param("local", marks=pytest.mark.long), "gossip"])
 def test_two_processes_equal_one_process(strategy, tmp_path):
   """The replicas of 2 processes x 2 devices (collectives over gloo on loopback) are those of
   one process with 4 devices."""

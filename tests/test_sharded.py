@@ -64,7 +64,11 @@ def single_mlp():
   return train.run(_mlp("single"))
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUTS))
+QUICK = ("fsdp8_zero3", "tensor8", "fsdp4_tensor2_zero3", "data2_fsdp2_tensor2_zero2")
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.long)
+                                  for n in sorted(LAYOUTS)])
 def test_mlp_layout_equals_single_device(name, single_mlp):
   got = train.run(_mlp(**LAYOUTS[name]))
   assert type(got.strategy).__name__ in ("Sharded", "Zero")   # GSPMD or written-out ZeRO
@@ -78,7 +82,8 @@ def test_the_updates_really_move_the_parameters(single_mlp):
   assert max_diff(single_mlp.params, one.params) > 1e-3   # so TOL is a real bound
 
 
-@pytest.mark.parametrize("name", ["fsdp8_zero3", "tensor8", "data2_fsdp2_tensor2_zero2"])
+@pytest.mark.parametrize("name", ["fsdp8_zero3"] + [pytest.param(n, marks=pytest.mark.long)
+                                                   for n in ("tensor8", "data2_fsdp2_tensor2_zero2")])
 def test_transformer_layout_equals_single_device(name):
   ref = train.run(_lm("single"))
   got = train.run(_lm(**LAYOUTS[name]))
@@ -191,6 +196,7 @@ def test_resume_on_another_mesh_restores_the_state_bit_for_bit(tmp_path):
   assert max_diff(train.run(_mlp("single", steps=30)).params, last.params) < TOL
 
 
+@pytest.mark.long   # multi-process sync is in make test (tests/test_sync.py); this mesh in test-all
 def test_two_processes_equal_one_process(tmp_path):
   """data 2 x fsdp 2 x tensor 2 over 2 processes x 4 devices (gloo on loopback) trains the
   parameters of one process with 8 devices."""
@@ -222,7 +228,7 @@ def test_two_processes_equal_one_process(tmp_path):
     np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("model", ["mlp", "transformer"])
+@pytest.mark.parametrize("model", ["mlp", pytest.param("transformer", marks=pytest.mark.long)])
 def test_remat_recomputes_the_same_update(model):
   """model.remat=block: the same parameters (jax.checkpoint recomputes the same ops), and the
   program holds one checkpoint barrier per block (hidden layer) where none had any. (XLA's CPU
