@@ -64,7 +64,7 @@ def single_mlp():
   return train.run(_mlp("single"))
 
 
-QUICK = ("fsdp8_zero3", "tensor8", "fsdp4_tensor2_zero3", "data2_fsdp2_tensor2_zero2")
+QUICK = ("fsdp8_zero3", "tensor8", "fsdp4_tensor2_zero3")   # data2 x fsdp2 x tensor2: the DP test
 
 
 @pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.long)
@@ -252,7 +252,7 @@ def test_remat_recomputes_the_same_update(model):
 @pytest.mark.parametrize("extra, tol", [
     (dict(privacy__mechanism="dpsgd", privacy__noise_multiplier=1.0, privacy__clip_norm=1.0),
      TOL),   # Poisson batches, per-example clipping, the same noise draw: single's DP-SGD
-    (dict(optim__accumulate_steps=2), TOL),
+    pytest.param(dict(optim__accumulate_steps=2), TOL, marks=pytest.mark.long),   # Zero's too
 ])
 def test_layouts_compose_with_dp_sgd_and_accumulation(extra, tol):
   ref = train.run(_mlp("single", **extra))
