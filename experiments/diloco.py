@@ -27,7 +27,7 @@ def _tiny(c):
   c.model.width, c.model.layers, c.model.heads = 32, 1, 2
   c.optim.warmup_steps = 5
   if c.strategy == "local":   # sync does not read config.local
-    c.local.inner_steps = 2
+    c.local.inner_steps = 4
   c.train.steps, c.train.log_every, c.train.eval_every = 8, 4, 8
 
 
