@@ -112,3 +112,23 @@ def tensorboard_values(directory):
         value = v.simple_value if v.HasField("simple_value") else v.tensor.string_val[0]
         out.setdefault(v.tag, []).append((event.step, value))
   return out
+
+
+def run_one_and_two_processes(args, tmp_path, devices_per_process: int):
+  """Runs `python -m pdist ARGS` once in one process with 2 x devices_per_process devices and
+  once as 2 processes x devices_per_process (pdist.launch, gloo on loopback); asserts both exit
+  0 and returns their workdirs (one, two)."""
+  import subprocess
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop("XLA_FLAGS", None)
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  proc = subprocess.run([sys.executable, "-m", "pdist", *args, "--workdir", one,
+                         "--local_devices", str(2 * devices_per_process)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = subprocess.run([sys.executable, "-m", "pdist.launch", "--processes", "2",
+                         "--devices-per-process", str(devices_per_process), "--timeout", "300",
+                         "--", *args, "--workdir", two], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=360)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return one, two

@@ -272,25 +272,12 @@ def test_two_processes_equal_one_process(strategy, tmp_path):
   """The replicas of 2 processes x 2 devices (collectives over gloo on loopback) are those of
   one process with 4 devices."""
   import os
-  import subprocess
-  import sys
 
-  from conftest import ROOT
+  from conftest import run_one_and_two_processes
   from pdist import metrics
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
   args = TWO_PROCESSES[strategy] + ["--config.train.progress=False",
                                     "--config.train.save_params=True"]
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  proc = subprocess.run([sys.executable, "-m", "pdist", *args, "--workdir", one,
-                         "--local_devices", "4"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = subprocess.run([sys.executable, "-m", "pdist.launch", "--processes", "2",
-                         "--devices-per-process", "2", "--timeout", "300", "--", *args,
-                         "--workdir", two], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=360)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  one, two = run_one_and_two_processes(args, tmp_path, devices_per_process=2)
   a, b = train.load_params(os.path.join(one, "params.npz")), \
       train.load_params(os.path.join(two, "params.npz"))
   assert a.keys() == b.keys() and len(a) > 0

@@ -201,26 +201,13 @@ def test_two_processes_equal_one_process(tmp_path):
   """data 2 x fsdp 2 x tensor 2 over 2 processes x 4 devices (gloo on loopback) trains the
   parameters of one process with 8 devices."""
   import os
-  import subprocess
-  import sys
-  from conftest import ROOT
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  env.pop("XLA_FLAGS", None)
+  from conftest import run_one_and_two_processes
   args = ["--config", "experiments/mnist1d.py:tiny,mlp", "--config.strategy=sync",
           "--config.data.batch_size=64", "--config.sync.mesh.data=2", "--config.sync.mesh.fsdp=2",
           "--config.sync.mesh.tensor=2", "--config.sync.zero=3", "--config.train.steps=20",
           "--config.train.log_every=10", "--config.train.progress=False",
           "--config.train.save_params=True"]
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  proc = subprocess.run([sys.executable, "-m", "pdist", *args, "--workdir", one,
-                         "--local_devices", "8"], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = subprocess.run([sys.executable, "-m", "pdist.launch", "--processes", "2",
-                         "--devices-per-process", "4", "--timeout", "300", "--", *args,
-                         "--workdir", two], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=360)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  one, two = run_one_and_two_processes(args, tmp_path, devices_per_process=4)
   a, b = train.load_params(os.path.join(one, "params.npz")), \
       train.load_params(os.path.join(two, "params.npz"))
   assert a.keys() == b.keys() and len(a) > 0
