@@ -123,6 +123,10 @@ def config_differences(saved: dict, current: dict, defaults: dict | None = None)
   a, b = _flat_config(saved), _flat_config(current)
   d = _flat_config(defaults) if defaults else {}
   harmless = set(HARMLESS_FIELDS)
+  # a pipeline stores its blocks stacked: another pipeline size (or micro-batch count) restores
+  # the same arrays, but a run with a pipeline and one without hold different trees
+  if a.get("sync.mesh.pipeline", 1) != 1 and b.get("sync.mesh.pipeline", 1) != 1:
+    harmless.update(("sync.mesh.pipeline", "sync.microbatches"))
   if steps_matter(a) or steps_matter(b):
     harmless.discard("train.steps")
 

@@ -42,6 +42,10 @@ class Task:
   per_example_loss: PerExample | None = None
   describe: Callable[[Params], dict] | None = None   # extra summary.json fields at the end
   teacher: "Teacher | None" = None   # the distillation teacher the loss was built with
+  # (loss, per_example_loss) of the same task computed by another apply(params, x): pipeline
+  # parallelism runs the model's layers as stages (pdist/parallel/pipeline.py)
+  losses_for: Callable[[Callable], tuple[Callable, PerExample]] | None = None
+  module: Any = None   # the Flax module (None for the quadratic)
 
   @property
   def has_data(self) -> bool:
@@ -175,15 +179,20 @@ def build(config, dataset: Dataset, teacher: Teacher | None = None) -> Task:
   scored = {"classification": classification_loss, "language": language_loss}.get(
       dataset.kind, regression_loss)
 
-  def per_example_loss(params, batch, rng):
-    return scored(apply_fn, params, batch, rng)
+  def losses_for(apply):
+    """(training loss, per-example loss) through `apply`: labels, and with config.distill the
+    teacher's soft targets (distill.py)."""
+    def per_example_loss(params, batch, rng):
+      return scored(apply, params, batch, rng)
+    if config.distill.teacher and teacher is not None:
+      per_example_loss = _distilled(config, dataset, apply, teacher)
+    return batch_mean(per_example_loss), per_example_loss
 
-  plain = batch_mean(per_example_loss)
+  plain = batch_mean(lambda params, batch, rng: scored(apply_fn, params, batch, rng))
+
   evaluate = _evaluator(plain, dataset.x_test, dataset.y_test)
   on_train = _evaluator(plain, dataset.x_train, dataset.y_train)
-  if config.distill.teacher and teacher is not None:   # labels and soft targets (distill.py)
-    per_example_loss = _distilled(config, dataset, apply_fn, teacher)
-  loss = batch_mean(per_example_loss)
+  loss, per_example_loss = losses_for(apply_fn)
   optimum = None
   if dataset.kind == "regression" and config.model.name == "linear":
     optimum = least_squares_optimum(dataset.x_train, dataset.y_train)
@@ -206,7 +215,8 @@ def build(config, dataset: Dataset, teacher: Teacher | None = None) -> Task:
   # jitted: Flax's init run op by op would compile dozens of small kernels
   return Task(dataset.kind, jax.jit(init), loss, evaluate_all, dataset, apply=apply_fn,
               per_example_loss=per_example_loss, describe=describe,
-              teacher=teacher if config.distill.teacher else None)
+              teacher=teacher if config.distill.teacher else None, losses_for=losses_for,
+              module=module)
 
 
 def _language_describe(apply_fn, dataset, length: int = 300, temperature: float = 0.8):

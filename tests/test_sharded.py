@@ -147,7 +147,14 @@ def test_mesh_sizes():
     (dict(sync__mesh__fsdp=8, sync__mesh__data=1), "with config.sync.zero=0 would replicate"),
     (dict(sync__mesh__fsdp=0, sync__mesh__data=0, sync__zero=1), "only one axis may be 0"),
     (dict(sync__mesh__tensor=3, sync__mesh__data=1), "has 3 devices, the run has 8"),
-    (dict(sync__mesh__pipeline=2), "pipeline parallelism is not built yet"),
+    (dict(sync__mesh__pipeline=2, model__hidden=(64, 32, 64)), "must be two or more equal"),
+    (dict(sync__mesh__pipeline=2, model__hidden=(64, 64, 64, 64)), "need a block count"),
+    (dict(sync__mesh__pipeline=2, sync__microbatches=3, model__hidden=(64, 64, 64)),
+     "must be a multiple of it"),
+    (dict(sync__microbatches=4), "config.sync.mesh.pipeline=1"),
+    (dict(sync__mesh__pipeline=2, privacy__mechanism="dpsgd"), "with DP-SGD"),
+    (dict(sync__mesh__pipeline=2, model__qat=True), "config.model.qat"),
+    (dict(sync__mesh__pipeline=2, model__name="cnn1d"), "needs config.model.name='transformer'"),
     (dict(sync__zero=4, sync__mesh__fsdp=8, sync__mesh__data=1), "config.sync.zero must be one of"),
     (dict(sync__mesh__tensor=2, compression__name="int8"), "config.compression"),
     (dict(sync__mesh__tensor=2, sync__backend="pmap"), "jax.jit over the named mesh"),
@@ -337,3 +344,116 @@ def test_the_large_preset_holds_an_eighth_per_device(preset):
   opt_total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt))
   assert opt_total >= 2 * total   # Adam: two moments
   assert per_device(opt, lay.opt_specs) <= 1.05 * opt_total / 8
+
+
+# -- pipeline parallelism (pdist/parallel/stages.py) ---------------------------------------------
+@pytest.mark.parametrize("stages, micro", [(1, 1), (2, 1), (2, 4), (4, 4), (4, 8), (8, 2)])
+def test_gpipe_runs_every_block_in_order_with_the_textbook_bubble(stages, micro):
+  """Blocks h -> a_i h + b_i (not commuting, so order matters) over 8 blocks: every row of the
+  output is the blocks applied in order (a hand-written loop), and the slots the schedule kept
+  busy are m p of p (m + p - 1): idle (p - 1) / (m + p - 1) (Huang et al. 2019)."""
+  import jax.numpy as jnp
+  from pdist.parallel import stages as stages_lib
+  rng = np.random.default_rng(0)
+  blocks = {"a": rng.normal(size=8).astype(np.float32), "b": rng.normal(size=8).astype(np.float32)}
+  x = rng.normal(size=(8 * micro, 3)).astype(np.float32)
+  y, busy = jax.jit(lambda w, x: stages_lib.gpipe(lambda p, h: p["a"] * h + p["b"], w, x,
+                                                  stages, micro))(blocks, x)
+  want = x.copy()
+  for a, b in zip(blocks["a"], blocks["b"]):
+    want = a * want + b
+  np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5)
+  assert int(busy) == micro * stages
+  assert 1 - int(busy) / (stages * (micro + stages - 1)) == pytest.approx(
+      (stages - 1) / (micro + stages - 1))
+
+
+@pytest.mark.parametrize("model", ["transformer", "mlp"])
+def test_the_pipeline_cut_is_the_model(model):
+  """pre -> blocks -> post on the stacked parameters is the model's own forward pass, and
+  stack / unstack give the parameters back unchanged."""
+  from pdist import data, tasks
+  from pdist.parallel import stages as stages_lib
+  c = _lm(model__layers=4) if model == "transformer" else _mlp(model__hidden=(32, 32, 32))
+  task = tasks.build(c, data.load(c.data))
+  params = task.init(jax.random.PRNGKey(1))
+  cut = stages_lib.parts(task.module)
+  stacked = stages_lib.stack(params, cut.blocks)
+  for a, b in zip(jax.tree.leaves(params),
+                  jax.tree.leaves(stages_lib.unstack(stacked, cut.blocks))):
+    assert np.array_equal(a, b)
+  x = task.dataset.x_train[:8]
+  rest = {k: v for k, v in params.items() if k not in cut.blocks}
+  h = cut.pre(rest, x)
+  for name in cut.blocks:
+    h = cut.block(params[name], h)
+  np.testing.assert_allclose(cut.post(rest, h), task.apply(params, x), rtol=1e-6, atol=1e-6)
+
+
+PIPELINES = {
+    "pipeline4_data2": dict(sync__mesh__pipeline=4),
+    "pipeline4_tensor2_micro8": dict(sync__mesh__data=1, sync__mesh__tensor=2,
+                                     sync__mesh__pipeline=4, sync__microbatches=8),
+    "pipeline2_fsdp2_tensor2_zero3": dict(sync__mesh__data=1, sync__mesh__fsdp=2,
+                                          sync__mesh__tensor=2, sync__mesh__pipeline=2,
+                                          sync__zero=3, sync__microbatches=4),
+}
+DEEP = (64, 64, 64, 64, 64)   # Dense_1..Dense_4: four identical blocks
+
+
+@pytest.fixture(scope="module")
+def single_deep_mlp():
+  return train.run(_mlp("single", model__hidden=DEEP))
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_mlp_pipeline_equals_single_device(name, single_deep_mlp):
+  got = train.run(_mlp(model__hidden=DEEP, **PIPELINES[name]))
+  assert type(got.strategy).__name__ == "Pipelined"
+  assert max_diff(single_deep_mlp.params, got.params) < TOL, name
+  for a, b in zip(single_deep_mlp.rows, got.rows):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+  p, m = got.summary["pipeline"]["stages"], got.summary["pipeline"]["microbatches"]
+  assert got.rows[-1]["pipeline_bubble"] == pytest.approx((p - 1) / (m + p - 1))
+
+
+def test_transformer_pipeline_equals_single_device():
+  ref = train.run(_lm("single", model__layers=4))
+  got = train.run(_lm(model__layers=4, sync__mesh__tensor=2, sync__mesh__pipeline=2,
+                      sync__microbatches=4))
+  assert max_diff(ref.params, got.params) < TOL
+  for a, b in zip(ref.rows, got.rows):
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_a_stage_holds_only_its_blocks_and_talks_to_its_neighbours():
+  """Per device: 1/p of each stacked block leaf (the rest of the model whole); the compiled step
+  moves activations between stages with collective-permutes."""
+  from pdist import data, strategies, tasks
+  c = _lm(model__layers=4, sync__mesh__data=2, sync__mesh__pipeline=4)
+  task = tasks.build(c, data.load(c.data))
+  strategy = strategies.build(c, task)
+  state = strategy.init(jax.random.PRNGKey(0))
+  blocks = state["params"][layout.STACKED]
+  for x in jax.tree.leaves(blocks):
+    assert x.addressable_shards[0].data.shape == (1,) + x.shape[1:]
+  memory = strategy.memory(state)
+  whole = sum(x.size * 4 for x in jax.tree.leaves(state["params"]))
+  stacked = sum(x.size * 4 for x in jax.tree.leaves(blocks))
+  assert memory["params_bytes_per_device"] == whole - stacked + stacked // 4
+  idx = jax.device_put(strategy.indices(0, 1), strategy._indices_sharding)
+  hlo = strategy._chunk.lower(state, strategy.data, idx, 1, None).compile().as_text()
+  assert layout.collectives(hlo)["collective-permute"]["count"] >= 2   # forward and backward
+
+
+def test_a_pipeline_resumes_on_another_pipeline_but_not_without_one(tmp_path):
+  from pdist.checkpoint import CheckpointError
+  work = str(tmp_path / "run")
+  fields = dict(model__hidden=DEEP, checkpoint__every=10)
+  train.run(_mlp(steps=10, sync__mesh__pipeline=4, **fields), work)
+  last = train.run(_mlp(steps=20, sync__mesh__pipeline=2, sync__microbatches=8, **fields), work)
+  assert last.summary["resumed_from"] == 10
+  assert max_diff(train.run(_mlp("single", steps=20, model__hidden=DEEP)).params,
+                  last.params) < TOL
+  with pytest.raises(CheckpointError, match="config.sync.mesh.pipeline"):
+    train.run(_mlp(steps=30, **fields), work)

@@ -74,7 +74,7 @@ def explicit_zero(config) -> bool:
   without tensor, an elementwise optimizer (no global-norm clipping) and no DP-SGD; otherwise
   the GSPMD path places the same state and XLA picks the collectives."""
   m = config.sync.mesh
-  return (int(config.sync.zero) > 0 and int(m.tensor) == 1 and int(m.pipeline) in (0, 1)
+  return (int(config.sync.zero) > 0 and int(m.tensor) == 1 and int(m.pipeline) == 1
           and int(m.fsdp) != 1 and config.privacy.mechanism == "none"
           and not config.optim.grad_clip > 0)
 
@@ -82,6 +82,12 @@ def explicit_zero(config) -> bool:
 def validate(config) -> None:
   """The combinations the layouts refuse, in one sentence each."""
   zero = int(config.sync.zero)
+  if int(config.sync.microbatches) < 0:
+    raise ConfigError(f"config.sync.microbatches must be >= 0, got {config.sync.microbatches}")
+  if int(config.sync.microbatches) and int(config.sync.mesh.pipeline) == 1:
+    raise ConfigError(f"config.sync.microbatches={config.sync.microbatches} cuts batches for a "
+                      "pipeline, but config.sync.mesh.pipeline=1; set the pipeline's size or "
+                      "leave config.sync.microbatches=0")
   if zero not in ZERO_STAGES:
     raise ConfigError(f"config.sync.zero must be one of {ZERO_STAGES}, got {zero}")
   m = config.sync.mesh
@@ -90,12 +96,13 @@ def validate(config) -> None:
       raise ConfigError(f"config.sync.mesh.{a} must be >= 0, got {m[a]}")
   if not is_sharded(config):
     return
-  if int(m.pipeline) not in (0, 1):
-    raise ConfigError("config.sync.mesh.pipeline > 1: pipeline parallelism is not built yet; "
-                      "leave config.sync.mesh.pipeline=1")
-  if int(m.pipeline) == 0:
-    raise ConfigError("config.sync.mesh.pipeline=0 (the rest): pipeline parallelism is not built "
-                      "yet; give the rest to another axis")
+  if int(m.pipeline) != 1:
+    if config.privacy.mechanism != "none":
+      raise ConfigError("config.sync.mesh.pipeline with DP-SGD: per-example gradients would run "
+                        "the pipeline once per example; use data, fsdp or tensor for DP-SGD")
+    if config.model.qat:
+      raise ConfigError("config.model.qat quantises each parameter on its own scale, which the "
+                        "pipeline's stacked blocks would share; leave config.sync.mesh.pipeline=1")
   if zero > 0 and int(m.fsdp) == 1:
     raise ConfigError(f"config.sync.zero={zero} shards along the fsdp axis, which has size 1; "
                       "set config.sync.mesh.fsdp (e.g. 0: the rest of the devices)")
@@ -172,16 +179,32 @@ def _top_dense_layers(params) -> int:
   return sum(1 for k in getattr(tree, "keys", lambda: [])() if _dense_index(str(k)) is not None)
 
 
-class Layout:
-  """The specs of one run's state on its mesh: parameters, gradients, optimizer state."""
+STACKED = "stacked_blocks"   # pipeline parallelism's stacked blocks [L, ...] (stages.py)
 
-  def __init__(self, mesh: Mesh, sizes: dict[str, int], zero: int, params_shape, tx):
+
+def stacked_spec(path: str, shape, sizes: dict[str, int], layers: int, fsdp: bool) -> P:
+  """A leaf under STACKED: its leading (block) dimension along `pipeline`, the rest by the rules
+  for one transformer block's parameter of that name (an MLP block's Dense: no tensor split)."""
+  inner = spec_for("Block_0/" + path.split("/", 1)[1], shape[1:], sizes, layers, fsdp)
+  return P("pipeline", *inner)
+
+
+class Layout:
+  """The specs of one run's state on its mesh: parameters, gradients, optimizer state.
+  `layers`: the MLP's Dense layer count when params_shape has its blocks stacked."""
+
+  def __init__(self, mesh: Mesh, sizes: dict[str, int], zero: int, params_shape, tx,
+               layers: int | None = None):
     self.mesh, self.sizes, self.zero = mesh, sizes, zero
-    layers = _top_dense_layers(params_shape)
+    layers = _top_dense_layers(params_shape) if layers is None else layers
+
+    def spec(path, x, fsdp):
+      path = _path(path)
+      rule = stacked_spec if path.startswith(STACKED + "/") else spec_for
+      return rule(path, x.shape, sizes, layers, fsdp)
 
     def specs(fsdp: bool):
-      return jax.tree_util.tree_map_with_path(
-          lambda p, x: spec_for(_path(p), x.shape, sizes, layers, fsdp), params_shape)
+      return jax.tree_util.tree_map_with_path(lambda p, x: spec(p, x, fsdp), params_shape)
 
     self.tensor_specs = specs(False)      # tensor only: replicated along fsdp
     self.sharded_specs = specs(True)      # tensor and fsdp

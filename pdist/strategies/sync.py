@@ -40,6 +40,7 @@ from pdist import network as network_lib
 from pdist.parallel import buckets
 from pdist.parallel import layout as layout_lib
 from pdist.parallel import mesh as mesh_lib
+from pdist.parallel import stages as stages_lib
 from pdist.parallel.mesh import AXIS
 from pdist.registry import STRATEGIES, ConfigError, check_choice, check_positive
 from pdist.strategies import base as base_lib
@@ -63,6 +64,9 @@ def sync_config() -> ml_collections.ConfigDict:
   # product is the device count; one may be 0 (the rest). The default is data parallelism.
   c.mesh = ml_collections.ConfigDict({"data": 0, "fsdp": 1, "tensor": 1, "pipeline": 1})
   c.zero = 0   # ZeRO along fsdp: 1 optimizer state, 2 + gradients, 3 + parameters
+  # micro-batches of the pipeline's GPipe schedule (pdist/parallel/stages.py); 0 = the
+  # pipeline's size. The bubble is (p - 1) / (m + p - 1): more micro-batches, less idle time
+  c.microbatches = 0
   return c
 
 
@@ -80,6 +84,9 @@ def build_sync(config, task, pipeline=None):
   step compiled over the named mesh (`Sharded`)."""
   if not layout_lib.is_sharded(config):
     cls = Sync
+  elif int(config.sync.mesh.pipeline) != 1 and layout_lib.mesh_sizes(
+      config, mesh_lib.data_mesh(config.sync.devices).devices.size)["pipeline"] > 1:
+    cls = Pipelined
   else:
     cls = Zero if layout_lib.explicit_zero(config) else Sharded
   return cls(config, task, pipeline=pipeline)
@@ -251,6 +258,8 @@ def _bytes(x) -> int:
 
 
 class Sharded(Sync):
+  dense_layers = None   # the MLP's Dense layer count, when the parameters do not show it
+
   """`sync` on the named mesh data x fsdp x tensor (pdist/parallel/layout.py): `single`'s update
   compiled with jax.jit over the mesh, the batch split over data x fsdp, parameters, gradients and
   optimizer state placed by the layout's rules (ZeRO stage config.sync.zero along fsdp, Megatron
@@ -277,7 +286,8 @@ class Sharded(Sync):
     self._local = self._replicated
     Single.__init__(self, config, task, device=flat[0], pipeline=pipeline)
     shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    self.layout = layout_lib.Layout(self.mesh, self.sizes, int(config.sync.zero), shapes, self.tx)
+    self.layout = layout_lib.Layout(self.mesh, self.sizes, int(config.sync.zero), shapes, self.tx,
+                                    layers=self.dense_layers)
     self.network = network_lib.Network(config.network)
     self.compute_time = float(config.sync.compute_time)
     self.gradient_bytes = sum(_bytes(x) for x in jax.tree.leaves(shapes))
@@ -455,3 +465,99 @@ class Zero(Sharded):
                           mesh=self.mesh, in_specs=(specs, P(), P(None, layout_lib.BATCH)),
                           out_specs=(specs, P()), check_vma=False)
     return chunk(state, data, indices)
+
+
+class Pipelined(Sharded):
+  """`sync` with a pipeline axis: the model's identical blocks stacked and cut into stages along
+  `pipeline`, each batch run through them as micro-batches on GPipe's schedule
+  (pdist/parallel/stages.py), the rest of the update `Sharded`'s (data, fsdp and tensor
+  placements compose). The state holds the blocks stacked ([L, ...] under
+  layout.STACKED); `params(state)` gives the model's own parameter names back."""
+
+  def __init__(self, config, task, pipeline=None):
+    devices = mesh_lib.data_mesh(config.sync.devices).devices.size
+    sizes = layout_lib.mesh_sizes(config, devices)
+    self.stages = sizes["pipeline"]
+    self.microbatches = int(config.sync.microbatches) or self.stages
+    if task.module is None:
+      raise ConfigError("config.sync.mesh.pipeline > 1 cuts a model into stages; the quadratic "
+                        "has none (config.data.name='quadratic')")
+    self.parts = stages_lib.parts(task.module)
+    names = self.parts.blocks
+    if len(names) % self.stages:
+      raise ConfigError(f"config.sync.mesh.pipeline={self.stages} stages need a block count "
+                        f"they divide; the model has {len(names)} blocks ({names[0]}...)")
+    rows = config.data.batch_size // (sizes["data"] * sizes["fsdp"])
+    rows //= max(1, config.optim.accumulate_steps)
+    if rows % self.microbatches:
+      raise ConfigError(f"config.sync.microbatches={self.microbatches}: each data shard's batch "
+                        f"of {rows} rows (config.data.batch_size / (data x fsdp) / "
+                        "config.optim.accumulate_steps) must be a multiple of it")
+    shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    self.dense_layers = layout_lib._top_dense_layers(shapes)
+    self._held = None   # the in-flight activations' sharding, set once the mesh exists
+
+    def init(rng):
+      return stages_lib.stack(task.init(rng), names)
+
+    loss, per_example_loss = task.losses_for(self._apply)
+    staged = dataclasses.replace(task, init=jax.jit(init), loss=loss,
+                                 per_example_loss=per_example_loss)
+    super().__init__(config, staged, pipeline=pipeline)
+    self._held = NamedSharding(self.mesh, P("pipeline", layout_lib.BATCH))
+    self.bubble_theory = stages_lib.bubble(self.stages, self.microbatches)
+    self.bubble_counted = self._count_bubble(len(names))
+    # one micro-batch's activations on one data shard: what a stage sends its neighbour
+    rest = {k: v for k, v in shapes.items() if k not in names}
+    sample = jax.ShapeDtypeStruct((rows // self.microbatches,) + task.dataset.input_shape,
+                                  task.dataset.input_dtype)
+    h = jax.eval_shape(self.parts.pre, rest, sample)
+    self.activation_bytes = int(h.size) * h.dtype.itemsize
+    blocks = sum(_bytes(x) for x in jax.tree.leaves([shapes[n] for n in names]))
+    self.gradient_bytes -= blocks - blocks // self.stages   # one stage's share of the blocks
+
+  def _apply(self, params, x):
+    rest = {k: v for k, v in params.items() if k != layout_lib.STACKED}
+    h = self.parts.pre(rest, x)
+    y, _ = stages_lib.gpipe(self.parts.block, params[layout_lib.STACKED], h, self.stages,
+                            self.microbatches, constrain=self._constrain)
+    return self.parts.post(rest, y)
+
+  def _constrain(self, held):
+    return held if self._held is None else jax.lax.with_sharding_constraint(held, self._held)
+
+  def _count_bubble(self, blocks: int) -> float:
+    """The executed schedule's idle fraction: 1 - busy slots / (stages x ticks), counted by
+    stages.gpipe itself on a token input."""
+    p, m = self.stages, self.microbatches
+    _, busy = jax.jit(lambda: stages_lib.gpipe(
+        lambda w, h: h + w, jnp.zeros((blocks,)), jnp.zeros((m,)), p, m))()
+    return 1.0 - int(busy) / (p * (m + p - 1))
+
+  def params(self, state):
+    return stages_lib.unstack(super().params(state), self.parts.blocks)
+
+  def communication(self, step: int, network=None) -> dict[str, float]:
+    """Sharded's reduction of the gradient over data x fsdp, for one stage's share of the
+    parameters, plus the pipeline's sends: each of the m + p - 1 ticks forward and backward
+    moves one micro-batch's activations (gradients) to the neighbouring stage."""
+    net = network or self.network
+    out = super().communication(step, net)
+    ticks = self.microbatches + self.stages - 1
+    sends = 2 * ticks * net.message(self.activation_bytes)
+    out["sim_time"] += step * sends
+    out["bytes_sent"] += float(step * 2 * ticks * self.activation_bytes)
+    return out
+
+  def host_metrics(self, metrics, step: int) -> dict[str, float]:
+    return {**super().host_metrics(metrics, step), "pipeline_bubble": self.bubble_counted,
+            "pipeline_bubble_theory": self.bubble_theory}
+
+  def public_row_keys(self):
+    return (*super().public_row_keys(), "pipeline_bubble", "pipeline_bubble_theory")
+
+  def describe(self, state) -> dict:
+    return {**super().describe(state), "pipeline": {
+        "stages": self.stages, "microbatches": self.microbatches, "schedule": "gpipe",
+        "blocks_per_stage": len(self.parts.blocks) // self.stages,
+        "bubble": self.bubble_counted, "bubble_theory": self.bubble_theory}}
