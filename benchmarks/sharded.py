@@ -7,10 +7,11 @@ train.run each (steady rate off its own rows) and one compile of a single update
 - per-device bytes of parameters, optimizer state and gradient (summary.json's `memory`);
 - the compiled update's collectives (count and result bytes per kind, layout.collectives) and the
   network model's bytes one device sends per update (`bytes_sent`: ring formulas);
-- the step rate relative to replicated data parallelism (`sync`, data 8) in the same run.
+- the step rate relative to replicated data parallelism (`sync`, data 8) in the same run;
+- for pipelines, the schedule's bubble (counted) beside (p - 1) / (m + p - 1).
 Prints one JSON line.
 
-  python benchmarks/sharded.py [--steps 30]
+  python benchmarks/sharded.py [--steps 30] [--only pipeline4_data2_micro4,...]
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ LAYOUTS = {
                             "sync.zero": 3},
     "data2_fsdp2_tensor2_zero2": {"sync.mesh.data": 2, "sync.mesh.fsdp": 2,
                                   "sync.mesh.tensor": 2, "sync.zero": 2},
+    "pipeline4_data2_micro4": {"sync.mesh.pipeline": 4, "sync.microbatches": 4},
+    "pipeline4_data2_micro16": {"sync.mesh.pipeline": 4, "sync.microbatches": 16},
+    "pipeline2_tensor2_data2_micro8": {"sync.mesh.pipeline": 2, "sync.mesh.tensor": 2,
+                                       "sync.microbatches": 8},
 }
 
 
@@ -68,13 +73,22 @@ def compiled_collectives(c) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--only", default="", help="comma-separated layouts (data8 always runs)")
   args = parser.parse_args()
   from pdist import train
   out = {}
+  chosen = ["data8"] + [n for n in args.only.split(",") if n and n != "data8"]
+  unknown = [n for n in chosen if n not in LAYOUTS]
+  if unknown:
+    raise SystemExit(f"unknown layouts {unknown}; known: {sorted(LAYOUTS)}")
   for name, fields in LAYOUTS.items():
+    if args.only and name not in chosen:
+      continue
     c = config(args.steps, fields)
     result = train.run(c, tempfile.mkdtemp(prefix="pdist_bench_sharded_"))
     entry = {"steps_per_sec": steady_rate(result.rows), **compiled_collectives(c)}
+    if "pipeline" in result.summary:
+      entry["pipeline"] = result.summary["pipeline"]
     if "memory" in result.summary:
       entry.update(result.summary["memory"])
     else:   # data parallelism: everything on every device

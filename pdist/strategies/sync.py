@@ -369,7 +369,19 @@ class Sharded(Sync):
     return {"params_bytes_per_device": per_device(state["params"]),
             "optimizer_bytes_per_device": per_device(state["opt_state"]),
             "gradient_bytes_per_device": grad_bytes(),
+            "peak_bytes_per_device": self.peak_bytes(state),
             "params_bytes_total": sum(_bytes(x) for x in jax.tree.leaves(state["params"]))}
+
+  def peak_bytes(self, state) -> int:
+    """XLA's memory analysis of one update compiled for this mesh (the program each device
+    runs): arguments + outputs - the outputs that reuse (alias) donated arguments + temporaries,
+    the most bytes the step can hold live on a device."""
+    idx = self.indices(int(jax.device_get(state["step"])), 1)
+    if idx is not None:
+      idx = jax.device_put(idx, self._indices_sharding)
+    stats = self._chunk.lower(state, self.data, idx, 1, None).compile().memory_analysis()
+    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
+               - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
 
 class Zero(Sharded):
