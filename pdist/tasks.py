@@ -43,7 +43,7 @@ class Task:
   describe: Callable[[Params], dict] | None = None   # extra summary.json fields at the end
   teacher: "Teacher | None" = None   # the distillation teacher the loss was built with
   # (loss, per_example_loss) of the same task computed by another apply(params, x): pipeline
-  # parallelism runs the model's layers as stages (pdist/parallel/pipeline.py)
+  # parallelism runs the model's layers as stages (pdist/parallel/stages.py)
   losses_for: Callable[[Callable], tuple[Callable, PerExample]] | None = None
   module: Any = None   # the Flax module (None for the quadratic)
 

@@ -16,6 +16,9 @@ two rules on the parameter's path (flax names) and shape:
 - fsdp (ZeRO, Rajbhandari et al. 2020; FSDP): the largest dimension not split by `tensor` that
   `fsdp` divides is split along `fsdp`; leaves with none (biases, norms, scalars) stay whole.
 
+pipeline (GPipe; stages.py): the blocks stored stacked under STACKED, [L, ...], their leading
+  dimension along `pipeline` and the rest by the block's own tensor / fsdp rules.
+
 config.sync.zero picks which parts of the state follow the fsdp rule (Rajbhandari et al.):
   1  optimizer state                              (gradients all-reduced, parameters replicated)
   2  optimizer state and gradients                (gradients reduce-scattered)
@@ -66,7 +69,7 @@ def mesh_sizes(config, devices: int) -> dict[str, int]:
 def is_sharded(config) -> bool:
   """Whether config asks for more than data parallelism (today's shard_map `sync` otherwise)."""
   m = config.sync.mesh
-  return int(config.sync.zero) > 0 or any(int(m[a]) not in (0, 1) for a in AXES[1:])
+  return int(config.sync.zero) > 0 or any(int(m[a]) != 1 for a in AXES[1:])   # 0: the rest
 
 
 def explicit_zero(config) -> bool:
@@ -94,6 +97,9 @@ def validate(config) -> None:
   for a in AXES:
     if int(m[a]) < 0:
       raise ConfigError(f"config.sync.mesh.{a} must be >= 0, got {m[a]}")
+  if int(m.pipeline) == 0:
+    raise ConfigError("config.sync.mesh.pipeline=0: give the pipeline an explicit size (its "
+                      "stages must divide the model's blocks) and the rest to another axis")
   if not is_sharded(config):
     return
   if int(m.pipeline) != 1:
@@ -101,8 +107,8 @@ def validate(config) -> None:
       raise ConfigError("config.sync.mesh.pipeline with DP-SGD: per-example gradients would run "
                         "the pipeline once per example; use data, fsdp or tensor for DP-SGD")
     if config.model.qat:
-      raise ConfigError("config.model.qat quantises each parameter on its own scale, which the "
-                        "pipeline's stacked blocks would share; leave config.sync.mesh.pipeline=1")
+      raise ConfigError("config.model.qat fake-quantises the model's own forward pass, which the "
+                        "pipeline replaces by its stages; leave config.sync.mesh.pipeline=1")
   if zero > 0 and int(m.fsdp) == 1:
     raise ConfigError(f"config.sync.zero={zero} shards along the fsdp axis, which has size 1; "
                       "set config.sync.mesh.fsdp (e.g. 0: the rest of the devices)")
@@ -243,14 +249,52 @@ def _shape_bytes(text: str) -> int:
   return total
 
 
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+def _loop_depths(hlo_text: str) -> dict[str, int]:
+  """{computation: how many while loops it runs inside} for a compiled program's text (the entry
+  computation 0, a while body one more than the computation holding the while)."""
+  calls: dict[str, list[tuple[str, bool]]] = {}
+  name, entry = None, None
+  for line in hlo_text.splitlines():
+    head = re.match(r"(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$", line)
+    if head and not line.startswith(" "):
+      name = head.group(2)
+      entry = name if head.group(1) else entry
+      calls.setdefault(name, [])
+      continue
+    if name is None:
+      continue
+    for key, callee in re.findall(r"\b(body|condition|calls|to_apply)=%([\w.\-]+)", line):
+      calls[name].append((callee, key == "body"))
+    for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
+      calls[name].extend((c, False) for c in re.findall(r"%([\w.\-]+)", group))
+  depth = {entry: 0} if entry else {}
+  todo = [entry] if entry else []
+  while todo:
+    caller = todo.pop()
+    for callee, is_body in calls.get(caller, []):
+      d = depth[caller] + int(is_body)
+      if d > depth.get(callee, -1):
+        depth[callee] = d
+        todo.append(callee)
+  return depth
+
+
+def collectives(hlo_text: str, min_loop_depth: int = 0) -> dict[str, dict[str, int]]:
   """{kind: {"count", "bytes"}} of a compiled program's collectives (`compiled.as_text()`): bytes
   are each op's result (an all-gather's whole output, a reduce-scatter's one block, an
-  all-reduce's whole buffer; async pairs counted once, at their start)."""
+  all-reduce's whole buffer; async pairs counted once, at their start). Each op is counted once
+  as written, however often a loop runs it; min_loop_depth=k keeps only the ops inside at least
+  k nested while loops (e.g. a pipeline's ticks)."""
   out: dict[str, dict[str, int]] = {}
+  depths = _loop_depths(hlo_text) if min_loop_depth else {}
+  name = None
   for line in hlo_text.splitlines():
+    head = re.match(r"(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$", line)
+    if head and not line.startswith(" "):
+      name = head.group(2)
+      continue
     m = re.search(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
-    if not m:
+    if not m or depths.get(name, 0) < min_loop_depth:
       continue
     result = m.group(1)
     if m.group(3):   # an async start returns (operands, outputs, ...): count the outputs only

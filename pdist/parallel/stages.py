@@ -7,22 +7,26 @@ stacked, [L, ...] under the key STACKED, and sharded along `pipeline` on that le
 stage s of p holds blocks s L/p ... (s+1) L/p - 1 (and only those; `stack` / `unstack` convert
 from and to the model's own parameter names, which evaluation and exported parameters keep).
 
-The batch is cut into m micro-batches. The schedule runs m + p - 1 ticks; at each tick every
-stage applies its blocks to what it holds, then the activations move one stage on (a shift
-along the stage dimension, which XLA compiles to a collective-permute between neighbouring
-devices); stage 0 takes micro-batch t at tick t, stage p - 1 emits micro-batch t - (p - 1).
-The backward pass is this loop's transpose (the same ticks in reverse, activations' gradients
-moving one stage back per tick): all forwards, then all backwards, GPipe's schedule. A stage
-is idle at (p - 1) of its m + p - 1 ticks in each direction, the bubble (p - 1) / (m + p - 1);
-the compiled step counts its busy slots itself (the `pipeline_bubble` metric), so a schedule
-with too many ticks or a stage starved of input would show in the rows.
+The batch is cut into m micro-batches. `schedule(p, m)` is the table of which micro-batch each
+stage works on at each of the m + p - 1 ticks; `gpipe` runs it: at each tick every stage applies
+its blocks to what it holds, then the activations move one stage on (a shift along the stage
+dimension, which XLA compiles to a collective-permute between neighbouring devices); stage 0
+takes micro-batch t at tick t, the last stage emits micro-batch t - (p - 1). The backward pass
+is this loop's transpose (the same ticks in reverse, activations' gradients moving one stage
+back per tick): all forwards, then all backwards, GPipe's schedule. A stage idles at p - 1 of
+its m + p - 1 ticks in each direction: the table's idle slots, `bubble(schedule(p, m))`, equal
+(p - 1) / (m + p - 1) (`bubble_theory`). The loop is one program for all stages (a vmap over
+the stage dimension), so an idle slot is a stage computing on padding, as a real pipeline's
+idle device would wait.
 
-The loop is written for the whole mesh (jax.jit, GSPMD): a vmap over the stage dimension of
-the stacked parameters and of the in-flight activations, both sharded along `pipeline`; `pre`
-and `post` run replicated over the pipeline axis (each stage computes the embedding and the
-output layer of its data shard; only stage 0's and the last stage's results are used). Data,
-fsdp and tensor shardings of the blocks compose with it (layout.py's rules on the block's own
-parameter names).
+Placement (strategies/sync.py `Pipelined`): the stacked parameters, the in-flight activations
+and the inputs / outputs by tick all carry the stage dimension along `pipeline`, so only the
+shift communicates inside the loop; each data x fsdp shard runs its rows through the stages in
+a shard_map, so the blocks' gradients add up over the ticks on the shard and are reduced once,
+after the loop. `pre` and `post` run on every stage of a data shard (each stage computes the
+embedding and the output layer of its rows; only stage 0's input and the last stage's output
+are used): redundant compute, and with a large vocabulary memory, that a pipeline whose first
+and last stages own them would not spend.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pdist.models.mlp import MLP
 from pdist.models.transformer import Block, Transformer
@@ -118,46 +123,61 @@ def unstack(params: dict, names) -> dict:
   return out
 
 
-def bubble(stages: int, microbatches: int) -> float:
+def schedule(stages: int, microbatches: int) -> np.ndarray:
+  """GPipe's forward schedule as a table [ticks, stages]: the micro-batch stage s works on at
+  tick t (t - s while 0 <= t - s < m), -1 where it idles. `gpipe` runs this table: it feeds
+  stage 0's column and reads the last stage's."""
+  t = np.arange(microbatches + stages - 1)[:, None] - np.arange(stages)[None, :]
+  return np.where((t >= 0) & (t < microbatches), t, -1)
+
+
+def bubble(table: np.ndarray) -> float:
+  """The idle fraction of a schedule table: its -1 slots over all (tick, stage) slots."""
+  return float((table < 0).mean())
+
+
+def bubble_theory(stages: int, microbatches: int) -> float:
   """GPipe's idle fraction of each stage, (p - 1) / (m + p - 1) (Huang et al. 2019)."""
   return (stages - 1) / (microbatches + stages - 1)
 
 
-def gpipe(block, stacked, x, stages: int, microbatches: int, constrain=lambda h: h):
+def gpipe(block, stacked, x, stages: int, microbatches: int,
+          constrain=lambda a, stage_dim: a):
   """GPipe over `stages` stages: the stacked blocks applied in order to every row of x.
 
   block(params_of_one_block, h) -> h; stacked: leaves [L, ...] (L a multiple of `stages`); x:
   [B, ...] with B a multiple of `microbatches`. Micro-batch k is rows k, k + m, k + 2m, ... (so
-  each micro-batch is spread over the batch's data shards like the batch). `constrain(h)`
-  places the in-flight activations [stages, B/m, ...] (the strategy's sharding: stages along
-  `pipeline`, rows along the batch axes). Returns (y [B, ...], busy), busy the number of
-  (stage, tick) slots that held a real micro-batch (m p when the schedule is right)."""
+  each micro-batch is spread over the batch's data shards like the batch). The ticks follow
+  `schedule(p, m)`. Every array with a stage dimension (the in-flight activations [p, B/m, ...],
+  the inputs and outputs by tick [ticks, p, B/m, ...]) is placed by `constrain(a, stage_dim)`
+  (the strategy's sharding: that dimension along `pipeline`), so a stage's inputs and outputs
+  stay on its devices and only the shift between neighbours communicates inside the loop."""
   p, m = stages, microbatches
+  table = schedule(p, m)
+  ticks = table.shape[0]
   per_stage = jax.tree.map(lambda a: a.reshape((p, a.shape[0] // p) + a.shape[1:]), stacked)
   rows = x.shape[0] // m
   micro = jnp.swapaxes(x.reshape((rows, m) + x.shape[1:]), 0, 1)    # [m, B/m, ...]
+  # stage 0's column of the table: micro-batch table[t, 0] enters at tick t (zeros when idle)
+  fed = np.nonzero(table[:, 0] >= 0)[0]
+  feed = jnp.zeros((ticks, p) + micro.shape[1:], x.dtype)
+  feed = constrain(feed.at[fed, 0].set(micro[table[fed, 0]]), 1)
+  first = (np.arange(p) == 0).reshape((p,) + (1,) * (micro.ndim - 1))
 
   def stage(params, h):   # one stage: its L/p blocks in order
     return jax.lax.scan(lambda h, p_i: (block(p_i, h), None), h, params)[0]
 
-  def tick(carry, t):
-    held, valid, out, busy = carry
-    # the activations move one stage on; stage 0 takes micro-batch t (zeros after the last)
-    take = jnp.minimum(t, m - 1)
-    first = jnp.where(t < m, jax.lax.dynamic_index_in_dim(micro, take, keepdims=False), 0)
-    held = jnp.roll(held, 1, axis=0).at[0].set(first.astype(held.dtype))
-    valid = jnp.roll(valid, 1).at[0].set(t < m)
-    held = constrain(jax.vmap(stage)(per_stage, held))
-    busy = busy + valid.sum()
-    # the last stage's result is micro-batch t - (p - 1)
-    k = t - (p - 1)
-    slot = jnp.clip(k, 0, m - 1)
-    keep = jax.lax.dynamic_index_in_dim(out, slot, keepdims=False)
-    out = jax.lax.dynamic_update_index_in_dim(out, jnp.where(k >= 0, held[p - 1], keep), slot, 0)
-    return (held, valid, out, busy), None
+  def tick(held, feed_t):
+    # the activations move one stage on; stage 0 takes this tick's input instead
+    held = jnp.where(first, feed_t, jnp.roll(held, 1, axis=0))
+    held = constrain(jax.vmap(stage)(per_stage, held), 0)
+    return held, held
 
-  held = constrain(jnp.zeros((p,) + micro.shape[1:], x.dtype))
-  init = (held, jnp.zeros((p,), bool), jnp.zeros_like(micro), jnp.zeros((), jnp.int32))
-  (_, _, out, busy), _ = jax.lax.scan(tick, init, jnp.arange(m + p - 1))
-  y = jnp.swapaxes(out, 0, 1).reshape(x.shape[:1] + out.shape[2:])
-  return y, busy
+  held = constrain(jnp.zeros((p,) + micro.shape[1:], x.dtype), 0)
+  _, outs = jax.lax.scan(tick, held, feed)            # [ticks, p, B/m, ...]
+  outs = constrain(outs, 1)
+  # the last stage's column: micro-batch table[t, p - 1] leaves at tick t
+  done = np.nonzero(table[:, p - 1] >= 0)[0]
+  done = done[np.argsort(table[done, p - 1])]
+  y = outs[done, p - 1]                                 # [m, B/m, ...] in micro-batch order
+  return jnp.swapaxes(y, 0, 1).reshape(x.shape[:1] + y.shape[2:])

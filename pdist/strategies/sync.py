@@ -258,12 +258,12 @@ def _bytes(x) -> int:
 
 
 class Sharded(Sync):
-  dense_layers = None   # the MLP's Dense layer count, when the parameters do not show it
-
   """`sync` on the named mesh data x fsdp x tensor (pdist/parallel/layout.py): `single`'s update
   compiled with jax.jit over the mesh, the batch split over data x fsdp, parameters, gradients and
   optimizer state placed by the layout's rules (ZeRO stage config.sync.zero along fsdp, Megatron
   column / row pairs along tensor); XLA inserts the collectives those placements imply."""
+
+  dense_layers = None   # the MLP's Dense layer count, when the parameters do not show it
 
   def __init__(self, config, task, pipeline=None):
     flat = list(mesh_lib.data_mesh(config.sync.devices).devices.flat)   # checks the count
@@ -507,8 +507,6 @@ class Pipelined(Sharded):
                         "config.optim.accumulate_steps) must be a multiple of it")
     shapes = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     self.dense_layers = layout_lib._top_dense_layers(shapes)
-    self._held = None   # the in-flight activations' sharding, set once the mesh exists
-
     def init(rng):
       return stages_lib.stack(task.init(rng), names)
 
@@ -516,9 +514,10 @@ class Pipelined(Sharded):
     staged = dataclasses.replace(task, init=jax.jit(init), loss=loss,
                                  per_example_loss=per_example_loss)
     super().__init__(config, staged, pipeline=pipeline)
-    self._held = NamedSharding(self.mesh, P("pipeline", layout_lib.BATCH))
-    self.bubble_theory = stages_lib.bubble(self.stages, self.microbatches)
-    self.bubble_counted = self._count_bubble(len(names))
+    self.bubble_theory = stages_lib.bubble_theory(self.stages, self.microbatches)
+    # the idle fraction of the schedule table gpipe runs (its -1 slots)
+    self.bubble_schedule = stages_lib.bubble(stages_lib.schedule(self.stages, self.microbatches))
+    self.accumulate = max(1, int(config.optim.accumulate_steps))
     # one micro-batch's activations on one data shard: what a stage sends its neighbour
     rest = {k: v for k, v in shapes.items() if k not in names}
     sample = jax.ShapeDtypeStruct((rows // self.microbatches,) + task.dataset.input_shape,
@@ -530,21 +529,34 @@ class Pipelined(Sharded):
 
   def _apply(self, params, x):
     rest = {k: v for k, v in params.items() if k != layout_lib.STACKED}
-    h = self.parts.pre(rest, x)
-    y, _ = stages_lib.gpipe(self.parts.block, params[layout_lib.STACKED], h, self.stages,
-                            self.microbatches, constrain=self._constrain)
-    return self.parts.post(rest, y)
+    # ZeRO-3: a stage's blocks are gathered along fsdp once, before the ticks (not at each one)
+    blocks = self.layout.constrain(params[layout_lib.STACKED],
+                                   self.layout.tensor_specs[layout_lib.STACKED])
+    manual = tuple(a for a in layout_lib.BATCH if self.sizes[a] > 1)
 
-  def _constrain(self, held):
-    return held if self._held is None else jax.lax.with_sharding_constraint(held, self._held)
+    def run(rest, blocks, x):
+      h = self.parts.pre(rest, x)
+      y = stages_lib.gpipe(self.parts.block, blocks, h, self.stages, self.microbatches,
+                           constrain=functools.partial(self._constrain, manual=bool(manual)))
+      return self.parts.post(rest, y)
+    if not manual:
+      return run(rest, blocks, x)
+    # each data shard runs its rows through the stages by itself (data x fsdp manual, pipeline
+    # and tensor left to GSPMD): its block gradients add up over the ticks on the shard, and
+    # the transpose of the replicated inputs reduces them over data x fsdp once, after the loop
+    return jax.shard_map(run, mesh=self.mesh, in_specs=(P(), P(), P(manual)),
+                         out_specs=P(manual), axis_names=set(manual), check_vma=False)(
+                             rest, blocks, x)
 
-  def _count_bubble(self, blocks: int) -> float:
-    """The executed schedule's idle fraction: 1 - busy slots / (stages x ticks), counted by
-    stages.gpipe itself on a token input."""
-    p, m = self.stages, self.microbatches
-    _, busy = jax.jit(lambda: stages_lib.gpipe(
-        lambda w, h: h + w, jnp.zeros((blocks,)), jnp.zeros((m,)), p, m))()
-    return 1.0 - int(busy) / (p * (m + p - 1))
+  def _constrain(self, a, stage_dim: int, manual: bool = False):
+    """Dimension stage_dim along `pipeline`, the next (micro-batch rows) along data x fsdp
+    (inside the shard_map over data x fsdp: only `pipeline`)."""
+    if manual:
+      spec = P(*([None] * stage_dim), "pipeline")
+      return jax.lax.with_sharding_constraint(
+          a, NamedSharding(jax.sharding.get_abstract_mesh(), spec))
+    spec = P(*([None] * stage_dim), "pipeline", layout_lib.BATCH)
+    return jax.lax.with_sharding_constraint(a, NamedSharding(self.mesh, spec))
 
   def params(self, state):
     return stages_lib.unstack(super().params(state), self.parts.blocks)
@@ -552,17 +564,17 @@ class Pipelined(Sharded):
   def communication(self, step: int, network=None) -> dict[str, float]:
     """Sharded's reduction of the gradient over data x fsdp, for one stage's share of the
     parameters, plus the pipeline's sends: each of the m + p - 1 ticks forward and backward
-    moves one micro-batch's activations (gradients) to the neighbouring stage."""
+    (of each of config.optim.accumulate_steps passes) moves one micro-batch's activations
+    (gradients) to the neighbouring stage."""
     net = network or self.network
     out = super().communication(step, net)
-    ticks = self.microbatches + self.stages - 1
-    sends = 2 * ticks * net.message(self.activation_bytes)
-    out["sim_time"] += step * sends
+    ticks = self.accumulate * (self.microbatches + self.stages - 1)   # the pipeline runs A times
+    out["sim_time"] += step * 2 * ticks * net.message(self.activation_bytes)
     out["bytes_sent"] += float(step * 2 * ticks * self.activation_bytes)
     return out
 
   def host_metrics(self, metrics, step: int) -> dict[str, float]:
-    return {**super().host_metrics(metrics, step), "pipeline_bubble": self.bubble_counted,
+    return {**super().host_metrics(metrics, step), "pipeline_bubble": self.bubble_schedule,
             "pipeline_bubble_theory": self.bubble_theory}
 
   def public_row_keys(self):
@@ -572,4 +584,4 @@ class Pipelined(Sharded):
     return {**super().describe(state), "pipeline": {
         "stages": self.stages, "microbatches": self.microbatches, "schedule": "gpipe",
         "blocks_per_stage": len(self.parts.blocks) // self.stages,
-        "bubble": self.bubble_counted, "bubble_theory": self.bubble_theory}}
+        "bubble": self.bubble_schedule, "bubble_theory": self.bubble_theory}}
