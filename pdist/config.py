@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"    # float32 / bfloat16 (mixed precision: float32 parameters)
   c.model.remat = "none"        # none / block: jax.checkpoint per transformer block or MLP layer
   c.model.qat = False          # quantisation-aware training: int8 fake-quantised weights (STE)
+  c.model.qat_bits = 8         # QAT's weight grid: 2^(bits-1)-1 levels each side (2..8; stored int8)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"
@@ -359,6 +360,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   network.validate_network(config)
   check_choice(config, "model.dtype", models.DTYPES)
   check_choice(config, "model.remat", ("none", "block"))
+  if int(config.model.qat_bits) not in range(2, 9):
+    raise ConfigError(f"config.model.qat_bits must be 2..8 (weights stored as int8), got "
+                      f"{config.model.qat_bits}")
+  if int(config.model.qat_bits) != 8 and not config.model.qat:
+    raise ConfigError(f"config.model.qat_bits={config.model.qat_bits} sets quantisation-aware "
+                      "training's grid, but config.model.qat is false; set "
+                      "--config.model.qat=true (post-training quantisation: python -m "
+                      "pdist.quantize WORKDIR --bits N)")
   if any(h <= 0 for h in config.model.hidden):
     raise ConfigError(f"config.model.hidden must hold positive widths, got {config.model.hidden}")
   for _, entry in list(_selected(config)):

@@ -1,19 +1,21 @@
 """int8 weight quantisation: per-channel symmetric, post-training or quantisation-aware.
 
-    python -m pdist.quantize WORKDIR      # a finished run with params.npz
+    python -m pdist.quantize WORKDIR [--bits N]   # a finished run with params.npz
 
 Every leaf of two or more dimensions (weight matrices, kernels, and also a Transformer's token
 embedding and learned positions) is stored as int8 q with one float32 scale per channel of its
 last axis: scale = max |w| over the channel / 127, q = round(w / scale) in [-127, 127], so
-w - q * scale is at most scale / 2 per weight. One-dimensional leaves (biases, norms) stay
+w - q * scale is at most scale / 2 per weight. `--bits N` (2..8) uses the grid -L..L with
+L = 2^(N-1) - 1 instead (7 at 4 bits), still stored as int8; the default is 8, or the run's
+config.model.qat_bits when it trained with QAT. One-dimensional leaves (biases, norms) stay
 float32. The command evaluates the dequantised model on the held-out set next to the float one,
 reports the accuracy drop and the size reduction, and writes WORKDIR/params_int8.npz and
 WORKDIR/quantized.json. A run of `config.train.seeds = N` holds N copies: each is quantised and
 evaluated on its own (quantized.json: `seeds`, one entry per seed, and the means over them;
 params_int8.npz: each array with the copies on its leading axis, as params.npz).
 
-Quantisation-aware training (`--config.model.qat=true`): the forward pass uses the quantised-
-dequantised weights and the gradient passes straight through to the float weights (the
+Quantisation-aware training (`--config.model.qat=true`, grid `--config.model.qat_bits`): the
+forward pass uses the quantised-dequantised weights and the gradient passes straight through to the float weights (the
 straight-through estimator, w + stop_gradient(fq(w) - w)), so the model learns weights that
 survive int8.
 """
@@ -32,11 +34,11 @@ import numpy as np
 from pdist.models.int8 import (LEVELS, dequantize, fake_quantize, quantizable,  # noqa: F401
                               quantize, size_bytes)
 
-def quantize_params(task, params) -> tuple[dict, dict, dict]:
+def quantize_params(task, params, bits: int = 8) -> tuple[dict, dict, dict]:
   """(float32 metrics, int8 metrics, {leaf name: (int8 values, scales)}) of one parameter tree:
-  each quantizable leaf quantised per channel, the model evaluated with the dequantised weights
-  next to the float ones."""
-  pairs = jax.tree.map(lambda w: quantize(w) if quantizable(w) else None, params)
+  each quantizable leaf quantised per channel on the `bits` grid, the model evaluated with the
+  dequantised weights next to the float ones."""
+  pairs = jax.tree.map(lambda w: quantize(w, bits) if quantizable(w) else None, params)
   dequant = jax.tree.map(lambda w, qs: w if qs is None else dequantize(*qs), params, pairs,
                          is_leaf=lambda x: x is None)
   stored = {}
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m pdist.quantize", description=__doc__.split(
       "\n\n")[0])
   parser.add_argument("workdir", help="a finished pdist run with params.npz")
+  parser.add_argument("--bits", type=int, default=0,
+                      help="the weight grid, 2..8 (default: 8, or the run's model.qat_bits)")
   args = parser.parse_args(argv)
   from pdist import artifacts
   from pdist.registry import ConfigError
@@ -61,12 +65,17 @@ def main(argv=None) -> int:
     print(f"pdist.quantize: error: {e}", file=sys.stderr)
     return 2
   qat = bool(config.model.qat)
+  bits = args.bits or (int(config.model.qat_bits) if qat else 8)
+  if bits not in range(2, 9):
+    print(f"pdist.quantize: error: --bits must be 2..8 (stored as int8), got {bits}",
+          file=sys.stderr)
+    return 2
   if qat:   # the float32 figure is the float weights' own, without the run's fake quantisation
     from pdist import tasks
     config.model.qat = False
     task = tasks.build(config, task.dataset)
   copies = artifacts.seed_params(config, params)
-  results = [(seed, *quantize_params(task, p)) for seed, p in copies]
+  results = [(seed, *quantize_params(task, p, bits)) for seed, p in copies]
   one = copies[0][1]
   key = "eval_accuracy" if "eval_accuracy" in results[0][1] else "eval_loss"
   per_seed = [{"seed": seed, "float32": f, "int8": q, "change": {key: q[key] - f[key]}}
@@ -78,7 +87,7 @@ def main(argv=None) -> int:
            for part in ("float32", "int8", "change")}
     out["seeds"] = per_seed
   out.update(bytes_float32=size_bytes(one, False), bytes_int8=size_bytes(one, True),
-             trained_with_qat=qat)
+             trained_with_qat=qat, bits=bits)
   out["size_reduction"] = out["bytes_float32"] / out["bytes_int8"]
   stored = {}
   for name in results[0][3]:   # with several seeds, the copies stacked as in params.npz
@@ -91,7 +100,8 @@ def main(argv=None) -> int:
   size = (f"{out['bytes_float32'] / 1e6:.3f} MB -> {out['bytes_int8'] / 1e6:.3f} MB "
           f"({out['size_reduction']:.2f}x smaller)")
   what = f"{config.model.name}{', trained with QAT' if qat else ''}"
-  figures = [f"{key} {s['float32'][key]:.4f} in float32, {s['int8'][key]:.4f} with int8 weights "
+  grid = "int8 weights" if bits == 8 else f"{bits}-bit weights"
+  figures = [f"{key} {s['float32'][key]:.4f} in float32, {s['int8'][key]:.4f} with {grid} "
              f"({s['change'][key]:+.4f})" for s in per_seed]
   if len(per_seed) == 1:
     print(f"{args.workdir} ({what}): {figures[0]}; {size}")

@@ -173,7 +173,7 @@ def build(config, dataset: Dataset, teacher: Teacher | None = None) -> Task:
 
   def apply_fn(params, x):
     if config.model.qat:   # quantisation-aware: the forward pass sees int8 weights (models/int8.py)
-      params = fake_quantize(params)
+      params = fake_quantize(params, config.model.qat_bits)
     return module.apply({"params": params}, x)
 
   scored = {"classification": classification_loss, "language": language_loss}.get(

@@ -32,6 +32,24 @@ def test_int8_round_trip_error_is_at_most_half_a_step():
   assert np.all(np.abs(np.asarray(q)).max(axis=0)[[0, 1, 2, 4, 5, 6]] == 127)  # range used
 
 
+def test_fewer_bits_use_the_symmetric_grid_by_hand():
+  """4 bits: levels -7..7, a channel's scale max|w| / 7 (one column worked by hand)."""
+  w = jnp.asarray([[1.4, 0.0], [-0.5, 3.0], [0.2, -1.0]], jnp.float32)
+  q, scale = quantize.quantize(w, bits=4)
+  np.testing.assert_allclose(np.asarray(scale), [[0.2, 3.0 / 7]], rtol=1e-6)
+  assert np.asarray(q)[:, 0].tolist() == [7, -2, 1]      # 1.4 / 0.2, round(-2.5) = -2, 0.2 / 0.2
+  assert np.asarray(q)[:, 1].tolist() == [0, 7, -2]      # round(-1.0 * 7 / 3) = -2
+  with pytest.raises(ValueError, match="2..8"):
+    quantize.quantize(w, bits=9)
+
+
+def test_qat_bits_without_qat_is_refused():
+  from pdist import config as config_lib
+  from pdist.registry import ConfigError
+  with pytest.raises(ConfigError, match="config.model.qat is false"):
+    config_lib.validate(_config(qat_bits=4))
+
+
 def test_qat_gradient_is_the_plain_gradient_at_the_quantised_weights():
   dataset = data.load(_config().data)
   task_q, task = tasks.build(_config(qat=True), dataset), tasks.build(_config(), dataset)
@@ -45,16 +63,25 @@ def test_qat_gradient_is_the_plain_gradient_at_the_quantised_weights():
     assert np.allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
-def test_qat_run_evaluates_as_its_int8_export(tmp_path, capsys):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_qat_run_evaluates_as_its_export(tmp_path, capsys, bits):
+  """A QAT run's own evaluation (fake-quantised forward pass) is its export's at the run's bit
+  width (the default of `pdist.quantize` for a QAT run); at 4 bits the stored values use -7..7."""
   workdir = str(tmp_path / "qat")
-  result = train.run(_config(qat=True), workdir)
+  result = train.run(_config(qat=True, qat_bits=bits), workdir)
   assert quantize.main([workdir]) == 0
   with open(os.path.join(workdir, "quantized.json")) as f:
     report = json.load(f)
+  assert report["bits"] == bits
   assert report["int8"]["eval_accuracy"] == pytest.approx(result.summary["eval_accuracy"],
                                                           abs=1e-9)
   assert 3.0 < report["size_reduction"] < 4.0
-  assert "int8 weights" in capsys.readouterr().out
+  assert ("int8 weights" if bits == 8 else "4-bit weights") in capsys.readouterr().out
+  with np.load(os.path.join(workdir, "params_int8.npz")) as stored:
+    top = max(int(np.abs(stored[k]).max()) for k in stored.files if k.endswith(":int8"))
+    assert top == 2 ** (bits - 1) - 1
+  if bits == 4:
+    return
   with np.load(os.path.join(workdir, "params_int8.npz")) as stored:
     assert any(k.endswith(":int8") and stored[k].dtype == np.int8 for k in stored.files)
 

@@ -5,21 +5,21 @@ The claims: training with simulated quantisation "preserve[s] end-to-end model a
 quantization" (abstract), and (Sec. 3) the common alternative, training in floating point and
 quantising the weights afterwards, "works sufficiently well for large models with considerable
 representational capacity, but leads to significant accuracy drops for small models". Published
-numbers (ImageNet top-1, float against 8-bit integer-only, as I recall them; the paper's text
-could not be read from a stored copy here): ResNet-50 76.4% -> 74.9%, ResNet-100 78.0 -> 76.6,
-ResNet-150 78.8 -> 76.7 (Table 4.1), Inception v3 with ReLU6 78.4 -> 75.4 at 8 bits and 75.0 at 7
-(Table 4.3): quantisation-aware training costs 1.4 to 3.0 points. The ranges below: QAT int8
-within 3 points of float (the tables' largest gap), and QAT ahead of post-training quantisation
-(PTQ) at low bits (the Sec. 3 statement; the paper gives no PTQ number).
+numbers (ImageNet top-1, float against integer-only; checked against a stored copy of the
+paper's text): ResNet-50 76.4% -> 74.9%, ResNet-100 78.0 -> 76.6, ResNet-150 78.8 -> 76.7 (Table
+4.1), Inception v3 with ReLU6 78.4 -> 75.4 at 8 bits and 75.0 at 7, with ReLU 78.3 -> 74.2 at 8
+bits (Table 4.3): quantisation-aware training at 8 bits costs 1.4 to 4.1 points. The ranges
+below: QAT int8 within 4.1 points of float (the tables' largest 8-bit gap; an earlier reading of
+the tables, from memory, had 3.0), and QAT ahead of post-training quantisation (PTQ) at low bits
+(the Sec. 3 statement; the paper gives no PTQ number).
 
 The paper's recipe: asymmetric 8-bit quantisation (uint8 with a zero point) of weights and
 activations, per layer, simulated in the forward pass during training ("fake quantisation",
 straight-through gradients), batch norm folded. pdist's (README "Low precision"): symmetric
 per-output-channel int8 of the weights only (activations and biases stay float32),
 `--config.model.qat=true` for QAT and `python -m pdist.quantize` (pdist.quantize.main) for PTQ of
-the float run. pdist has no bit-width setting: the 4-bit runs set pdist.models.int8.LEVELS (127,
-the int8 grid) to 7 (the symmetric 4-bit grid, -7..7) for their duration and restore it, so that
-QAT and PTQ use pdist's own quantiser at 4 bits. Workload: experiments/mnist1d.py's 1-D CNN
+the float run; at 4 bits `--config.model.qat_bits=4` and `pdist.quantize WORKDIR --bits 4` (the
+symmetric grid -7..7, stored as int8). Workload: experiments/mnist1d.py's 1-D CNN
 (`cnn` preset: 32-32-32 channels, 16k parameters, Adam 3e-3 cosine) trained for 1500 updates
 instead of 3000 (test accuracy ~0.86 against 0.90), 3 seeds as one vmapped program
 (`train.seeds=3`): float32, QAT at 8 bits, QAT at 4 bits; each quantised after training (PTQ) at
@@ -33,7 +33,7 @@ Measured (first full run, 4.8 minutes wall on the shared 2 cores, load ~11; 3.2 
 float32 0.882 / 0.836 / 0.849 (seeds 0-2); PTQ 8-bit 0.872 / 0.834 / 0.853; QAT 8-bit 0.884 / 0.842
 / 0.844; PTQ 4-bit 0.846 / 0.796 / 0.826; QAT 4-bit 0.876 / 0.836 / 0.861 (each QAT run's own
 evaluation equals its pdist.quantize export at its bit width, checked once by hand). Float - QAT
-int8: -0.001 +- 0.005 (pass, inside the paper's 3 points); QAT - PTQ at 4 bits: +0.035 +- 0.004
+int8: -0.001 +- 0.005 (pass, inside the paper's 4.1 points); QAT - PTQ at 4 bits: +0.035 +- 0.004
 (pass). At 8 bits PTQ already loses only 0.3 points here: per-channel scales remove the paper's
 first failure mode of PTQ (ranges differing >100x between channels), so its gap shows at 4 bits.
 
@@ -47,10 +47,11 @@ PAPER = "Jacob et al. 2018, quantisation-aware training keeps accuracy where pos
 SEEDS = 3
 LOW_BITS = 4
 CLAIMS = [
-    {"name": "qat_int8_drop", "claim": "an int8 QAT CNN (weights) is within 3 points of the "
+    {"name": "qat_int8_drop", "claim": "an int8 QAT CNN (weights) is within 4.1 points of the "
      "float32 CNN's test accuracy", "metric": "eval_accuracy float32 - QAT int8",
-     "low": -0.03, "high": 0.03,
-     "published": "1.4-3.0 points (Tables 4.1, 4.3: ResNet-50 76.4 -> 74.9)"},
+     "low": -0.041, "high": 0.041,
+     "published": "1.4-4.1 points at 8 bits (Table 4.1: ResNet-50 76.4 -> 74.9; Table 4.3: "
+                  "Inception v3 ReLU 78.3 -> 74.2)"},
     {"name": "qat_over_ptq_4bit", "claim": "at 4-bit weights QAT beats post-training "
      "quantisation of the float CNN", "metric": "eval_accuracy QAT - PTQ, 4 bits",
      "low": 0.0, "high": 1.0,
@@ -58,9 +59,9 @@ CLAIMS = [
 ]
 
 
-def _quantized(quantize, workdir: str) -> list[tuple[float, float]]:
+def _quantized(quantize, workdir: str, bits: int) -> list[tuple[float, float]]:
   """[(float32, quantised) test accuracy per seed] of a finished run, via pdist.quantize."""
-  if quantize.main([workdir]) != 0:
+  if quantize.main([workdir, "--bits", str(bits)]) != 0:
     raise RuntimeError(f"pdist.quantize failed on {workdir}")
   with open(os.path.join(workdir, "quantized.json")) as f:
     q = json.load(f)
@@ -79,33 +80,26 @@ def run(workdir: str, tiny: bool, train, config_lib, root: str) -> dict:
   import numpy as np
 
   from pdist import quantize
-  from pdist.models import int8
 
   spec = os.path.join(root, "experiments", "mnist1d.py") + (":cnn,tiny" if tiny else ":cnn")
   common = [f"--config.train.seeds={SEEDS}", "--config.train.progress=False",
             "--config.train.tensorboard=False",
             "--config.checkpoint.every=0", "--config.train.save_params=True"] + (
                 [] if tiny else ["--config.train.steps=1500"])
-  levels8 = int8.LEVELS
   acc = {}   # (method, bits) -> per-seed test accuracy
-  for name, qat, levels in (("float32", False, None), ("qat8", True, levels8),
-                            (f"qat{LOW_BITS}", True, 2 ** (LOW_BITS - 1) - 1)):
-    try:
-      if levels is not None:
-        int8.LEVELS = levels
-      config = config_lib.load(spec, common + [f"--config.model.qat={qat}"])
-      path = os.path.join(workdir, name)
-      summary = train.run(config, path).summary
-      if qat:   # its own evaluation is its quantised export's
-        acc[("QAT", 8 if levels == levels8 else LOW_BITS)] = summary["eval_accuracy_seeds"]
-      else:
-        acc[("float", 32)] = summary["eval_accuracy_seeds"]
-        for bits, lv in ((8, levels8), (LOW_BITS, 2 ** (LOW_BITS - 1) - 1)):
-          int8.LEVELS = lv
-          with contextlib.redirect_stdout(io.StringIO()):
-            acc[("PTQ", bits)] = [q for _, q in _quantized(quantize, path)]
-    finally:
-      int8.LEVELS = levels8
+  for name, qat, bits in (("float32", False, 8), ("qat8", True, 8),
+                          (f"qat{LOW_BITS}", True, LOW_BITS)):
+    config = config_lib.load(spec, common + [f"--config.model.qat={qat}",
+                                             f"--config.model.qat_bits={bits}"])
+    path = os.path.join(workdir, name)
+    summary = train.run(config, path).summary
+    if qat:   # its own evaluation is its quantised export's
+      acc[("QAT", bits)] = summary["eval_accuracy_seeds"]
+    else:
+      acc[("float", 32)] = summary["eval_accuracy_seeds"]
+      for ptq_bits in (8, LOW_BITS):
+        with contextlib.redirect_stdout(io.StringIO()):
+          acc[("PTQ", ptq_bits)] = [q for _, q in _quantized(quantize, path, ptq_bits)]
   f32 = np.array(acc[("float", 32)])
   out = {"qat_int8_drop": list(f32 - np.array(acc[("QAT", 8)])),
          "qat_over_ptq_4bit": list(np.array(acc[("QAT", LOW_BITS)])
@@ -132,8 +126,8 @@ def run(workdir: str, tiny: bool, train, config_lib, root: str) -> dict:
       axes[1].bar(x, drop.mean(), width=0.35, color=colors[method], alpha=0.6,
                   label=f"{method} (mean; dots: seeds)" if i == 0 else None)
       axes[1].scatter([x] * SEEDS, drop, color=colors[method], s=14, zorder=3)
-  axes[1].axhspan(0.014, 0.030, xmin=0.0, xmax=0.5, color="k", alpha=0.12,
-                  label="paper, 8-bit QAT: 1.4-3.0 points")
+  axes[1].axhspan(0.014, 0.041, xmin=0.0, xmax=0.5, color="k", alpha=0.12,
+                  label="paper, 8-bit QAT: 1.4-4.1 points")
   axes[1].axhline(0.0, color="gray", lw=0.8)
   axes[1].set_xticks([0, 1], ["8-bit weights", f"{LOW_BITS}-bit weights"])
   axes[1].set(xlim=(-0.5, 1.5), ylabel="accuracy lost: float32 - quantised",
