@@ -210,14 +210,21 @@ def test_resume_on_another_mesh_restores_the_state_bit_for_bit(tmp_path):
 
 
 @pytest.mark.long   # multi-process sync is in make test (tests/test_sync.py); this mesh in test-all
-def test_two_processes_equal_one_process(tmp_path):
-  """data 2 x fsdp 2 x tensor 2 over 2 processes x 4 devices (gloo on loopback) trains the
-  parameters of one process with 8 devices."""
+@pytest.mark.parametrize("layout", ["data2_fsdp2_tensor2_zero3", "pipeline8"])
+def test_two_processes_equal_one_process(tmp_path, layout):
+  """data 2 x fsdp 2 x tensor 2 (ZeRO-3), and an 8-stage pipeline whose activations cross from
+  one process to the other, over 2 processes x 4 devices (gloo on loopback): the parameters of
+  one process with 8 devices."""
   import os
   from conftest import run_one_and_two_processes
+  mesh = {"data2_fsdp2_tensor2_zero3": [
+      "--config.sync.mesh.data=2", "--config.sync.mesh.fsdp=2", "--config.sync.mesh.tensor=2",
+      "--config.sync.zero=3"],
+      "pipeline8": ["--config.sync.mesh.data=1", "--config.sync.mesh.pipeline=8",
+                    "--config.sync.microbatches=8",
+                    "--config.model.hidden=(" + "32," * 9 + ")"]}[layout]
   args = ["--config", "experiments/mnist1d.py:tiny,mlp", "--config.strategy=sync",
-          "--config.data.batch_size=64", "--config.sync.mesh.data=2", "--config.sync.mesh.fsdp=2",
-          "--config.sync.mesh.tensor=2", "--config.sync.zero=3", "--config.train.steps=20",
+          "--config.data.batch_size=64", *mesh, "--config.train.steps=20",
           "--config.train.log_every=10", "--config.train.progress=False",
           "--config.train.save_params=True"]
   one, two = run_one_and_two_processes(args, tmp_path, devices_per_process=4)

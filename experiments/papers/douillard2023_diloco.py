@@ -18,8 +18,8 @@ synchronous model, then 64,000 steps of DiLoCo: 8 workers (non-i.i.d. shards by 
 gives about the same, its "Number of replicas" table: 15.08 i.i.d., 15.02 non-i.i.d.), inner AdamW,
 every H = 500 inner steps the mean parameter change goes through an outer Nesterov SGD (lr 0.7,
 momentum 0.9). Its ablation over H (50 to 2000) calls the loss from communicating less very
-mild: H = 1000 is 2.9% worse in perplexity than H = 50. (The numbers were read from a stored
-copy of the paper's text; the table's number, 2, is from memory.)
+mild: H = 1000 is 2.9% worse in perplexity than H = 50. (The numbers and the table's number,
+Table 2, were read from a stored copy of the paper's text.)
 
 The acceptance range of the perplexity ratio, [0.95, 1.03], spans the paper's own numbers: from
 the 8x-updates baseline's 14.72 / 15.30 = 0.96 (the best any method reached in Table 2) to the

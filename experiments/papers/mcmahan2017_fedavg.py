@@ -5,15 +5,15 @@ The claim, from the abstract: "we show a reduction in required communication rou
 compared to synchronized stochastic gradient descent", and (Sec. 3) the gain is smaller but
 still there on pathological non-IID clients. The numbers, Table 2 (MNIST CNN, 100 clients, C =
 0.1, rounds to 99% test accuracy; FedSGD = E 1, B infinite: 626 rounds IID, 483 non-IID; each
-FedAvg row's speedup over it, u = E n / B local updates a round, as I recall the table; its text
-could not be read from a stored copy here):
+FedAvg row's speedup over it, u = E n / B local updates a round; checked against a stored copy of
+the AISTATS text, which corrected the E 5, B inf non-IID entry from 0.6x to 0.5x, 1000 rounds):
 
-  E 5, B inf (u 5)   3.5x IID  0.6x non-IID      E 5, B 50 (u 60)    21.6x  1.4x
+  E 5, B inf (u 5)   3.5x IID  0.5x non-IID      E 5, B 50 (u 60)    21.6x  1.4x
   E 1, B 50 (u 12)   9.6x      0.8x              E 20, B 50 (u 240)  19.6x  1.1x
   E 20, B inf (u 20) 2.7x      0.7x              E 5, B 10 (u 300)   31.3x  2.1x
   E 1, B 10 (u 60)   18.4x     1.4x              E 20, B 10 (u 1200) 34.8x  2.8x
 
-The acceptance ranges are the table's spans: IID speedups 2.7x-34.8x, non-IID 0.6x-2.8x, and
+The acceptance ranges are the table's spans: IID speedups 2.7x-34.8x, non-IID 0.5x-2.8x, and
 the per-row ratio of the two (IID speedup over non-IID speedup) 3.9x-17.8x.
 
 pdist's test, experiments/fedavg.py as it is: sklearn digits (1400 training images over 100
@@ -33,7 +33,7 @@ steps this small problem is far from the paper's regime of hundreds of local upd
 
 Result (first full run, 3 seeds): this scale MISSES the IID claim and the IID / non-IID ratio.
 Rounds to 90% (mean): FedAvg 24 / FedSGD 31 IID, 56 / 43 label-skewed; speedups 1.33 +- 0.17 IID
-(paper: >= 2.7), 0.77 +- 0.10 non-IID (in the paper's 0.6-2.8), ratio 1.75 +- 0.27 (paper:
+(paper: >= 2.7), 0.77 +- 0.10 non-IID (in the paper's 0.5-2.8), ratio 1.75 +- 0.27 (paper:
 >= 3.9). The direction holds (FedAvg ahead on IID clients, the gain gone on label shards), the
 size does not: FedSGD with a tuned lr of 0.5 on 14-example clients is a strong baseline and FedAvg
 gets 7 local updates a round, against the paper's 300 at the same E and B (its Table 2 rows with u
@@ -54,7 +54,7 @@ CLAIMS = [
      "low": 2.7, "high": 34.8, "published": "2.7x-34.8x, 31.3x at E 5 B 10 (Table 2, CNN)"},
     {"name": "speedup_noniid", "claim": "and on pathological non-IID clients (two label shards "
      "each)", "metric": "rounds to 90% FedSGD / FedAvg, label shards",
-     "low": 0.6, "high": 2.8, "published": "0.6x-2.8x, 2.1x at E 5 B 10 (Table 2, CNN)"},
+     "low": 0.5, "high": 2.8, "published": "0.5x-2.8x, 2.1x at E 5 B 10 (Table 2, CNN)"},
     {"name": "iid_over_noniid", "claim": "the speedup is larger on IID than on non-IID clients",
      "metric": "speedup IID / speedup non-IID", "low": 3.9, "high": 17.8,
      "published": "3.9x-17.8x per row, 14.9x at E 5 B 10 (Table 2, CNN)"},
@@ -113,7 +113,7 @@ def run(workdir: str, tiny: bool, train, config_lib, root: str) -> dict:
               title=f"test accuracy (mean of {seeds} seeds)")
   axes[0].legend(fontsize=8, loc="lower right")
   for i, (key, low, high) in enumerate((("speedup_iid", 2.7, 34.8),
-                                        ("speedup_noniid", 0.6, 2.8))):
+                                        ("speedup_noniid", 0.5, 2.8))):
     axes[1].scatter([i] * seeds, out[key], color="C0", zorder=3,
                     label="pdist (per seed)" if i == 0 else None)
     axes[1].fill_between([i - 0.3, i + 0.3], low, high, color="gray", alpha=0.25,

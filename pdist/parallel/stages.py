@@ -55,8 +55,9 @@ class Parts:
 
 
 def parts(module) -> Parts:
-  """The pipeline's cut of a pdist model (the transformer, or an MLP whose hidden layers after
-  the first have one width); other models are refused in one sentence."""
+  """The pipeline's cut of a pdist model (the transformer, or an MLP whose hidden layers all
+  have one width: the layers after the first are the blocks); other models are refused in one
+  sentence."""
   if isinstance(module, Transformer):
     return _transformer_parts(module)
   if isinstance(module, MLP):
