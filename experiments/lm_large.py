@@ -11,16 +11,16 @@ blocks are rematerialised (model.remat=block). A few updates of batch 8: on this
 emulated devices each takes tens of seconds, so the run is 4 updates and no evaluation; on an
 accelerator it is the speed workload (benchmarks/sharded.py). The final evaluation reads the
 first 64 validation windows (data.num_test).
-Presets: tiny (width 64, 4 blocks); fsdp8 (data 1 x fsdp 8, ZeRO-3); tensor8; zero1, zero2 (fsdp
+Presets: tiny (width 64, 2 blocks); fsdp8 (data 1 x fsdp 8, ZeRO-3); tensor8; zero1, zero2 (fsdp
 4 x tensor 2 at that stage); data (replicated data parallelism: 8 copies of everything);
-pipeline (4 stages of 2 blocks x fsdp 2 with ZeRO-3, 4 micro-batches on the GPipe schedule).
+pipeline (2 stages of 4 blocks x fsdp 4 with ZeRO-3, 2 micro-batches on the GPipe schedule).
 """
 
 from pdist.config import apply_presets, base_config
 
 
 def _tiny(c):
-  c.model.width, c.model.layers, c.model.heads = 64, 4, 4   # 4 blocks: the 4-stage pipeline
+  c.model.width, c.model.layers, c.model.heads = 64, 2, 4
   c.data.seq_len = 32
 
 
@@ -34,7 +34,7 @@ def _mesh(data, fsdp, tensor, zero, pipeline=1, microbatches=0):
 
 PRESETS = {"tiny": _tiny, "fsdp8": _mesh(1, 8, 1, 3), "tensor8": _mesh(1, 1, 8, 0),
            "zero1": _mesh(1, 4, 2, 1), "zero2": _mesh(1, 4, 2, 2), "data": _mesh(0, 1, 1, 0),
-           "pipeline": _mesh(1, 2, 1, 3, pipeline=4, microbatches=4)}
+           "pipeline": _mesh(1, 4, 1, 3, pipeline=2, microbatches=2)}
 
 
 def get_config(arg=None):

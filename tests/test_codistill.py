@@ -105,6 +105,7 @@ def test_one_parameter_server_group_is_the_ps_run():
   assert got.rows[-1]["sim_time"] == ref.rows[-1]["sim_time"]
 
 
+@pytest.mark.long   # 19 s; codistillation's zero-weight equivalence for sync runs is in make test
 def test_parameter_server_groups_at_zero_weight_are_independent_ps_runs(tmp_path):
   result = train.run(_servers(codistill__weight=0.0, codistill__exchange_every=4))
   for g in range(2):

@@ -334,7 +334,7 @@ def test_zero_with_written_out_collectives_equals_single_device(single_mlp):
 def test_the_large_preset_holds_an_eighth_per_device(preset):
   """experiments/lm_large.py (100M parameters, 1.2 GB with Adam) laid out on 8 devices, from
   shapes only (nothing allocated): per device at most 1.05 x an eighth of the parameters and of
-  the optimizer state (ZeRO-3; data 1 x fsdp 4 x tensor 2, fsdp 8, and pipeline 4 x fsdp 2 with
+  the optimizer state (ZeRO-3; data 1 x fsdp 4 x tensor 2, fsdp 8, and pipeline 2 x fsdp 4 with
   the blocks stacked)."""
   import math
   from jax.sharding import Mesh
@@ -375,7 +375,7 @@ def test_the_gpipe_schedule_table():
     assert stages_lib.bubble(stages_lib.schedule(p, m)) == pytest.approx((p - 1) / (m + p - 1))
 
 
-@pytest.mark.parametrize("stages, micro", [(1, 1), (2, 1), (2, 4), (4, 4), (4, 8), (8, 2)])
+@pytest.mark.parametrize("stages, micro", [(1, 1), (2, 4), (4, 8), (8, 2)])
 def test_gpipe_runs_every_block_in_order(stages, micro):
   """Blocks h -> a_i h + b_i (not commuting, so order matters) over 8 blocks: every row of the
   output is the blocks applied in order (a hand-written loop), and so is the gradient."""
@@ -451,9 +451,9 @@ def test_mlp_pipeline_equals_single_device(name, single_deep_mlp):
 
 def test_transformer_pipeline_equals_single_device():
   """Rotary positions, tied embeddings (used by the first and the last stage), Megatron's
-  tensor split of each block, ZeRO-3 along fsdp, 2 stages of 2 blocks."""
-  ref = train.run(_lm("single", model__layers=4, model__positions="rotary"))
-  got = train.run(_lm(model__layers=4, model__positions="rotary", sync__mesh__data=1,
+  tensor split of each block, ZeRO-3 along fsdp, 2 stages of 1 block."""
+  ref = train.run(_lm("single", model__layers=2, model__positions="rotary"))
+  got = train.run(_lm(model__layers=2, model__positions="rotary", sync__mesh__data=1,
                       sync__mesh__fsdp=2, sync__zero=3, sync__mesh__tensor=2,
                       sync__mesh__pipeline=2, sync__microbatches=4))
   assert max_diff(ref.params, got.params) < TOL
