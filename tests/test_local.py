@@ -266,8 +266,8 @@ TWO_PROCESSES = {
 
 
 @pytest.mark.slow
-# gossip in `make test` (its end runs a collective on every process); local in `make test-all`
-@pytest.mark.parametrize("strategy", [pytest.param("local", marks=pytest.mark.long), "gossip"])
+@pytest.mark.long   # 25 s each; several processes are in make test through tests/test_sync.py
+@pytest.mark.parametrize("strategy", ["local", "gossip"])
 def test_two_processes_equal_one_process(strategy, tmp_path):
   """The replicas of 2 processes x 2 devices (collectives over gloo on loopback) are those of
   one process with 4 devices."""

@@ -12,10 +12,10 @@ from conftest import ROOT
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 
 
-# the parameter-server, federated and compression notebooks take 20-30 s each; the code they call
+# every notebook but the quickstart takes 15-30 s; the code they call
 # is tested on its own, and `make test-all` and `make notebooks` execute them
-LONG = ("02_parameter_server.ipynb", "04_federated.ipynb", "05_compression.ipynb",
-        "06_sharding.ipynb", "07_low_communication.ipynb")
+LONG = ("02_parameter_server.ipynb", "03_recovery.ipynb", "04_federated.ipynb",
+        "05_compression.ipynb", "06_sharding.ipynb", "07_low_communication.ipynb")
 
 
 @pytest.mark.slow

@@ -449,6 +449,7 @@ def test_mlp_pipeline_equals_single_device(name, single_deep_mlp):
   assert got.rows[-1]["pipeline_bubble"] == pytest.approx((p - 1) / (m + p - 1))
 
 
+@pytest.mark.long   # 20 s; the transformer's cut is checked in make test (test_the_pipeline_cut...)
 def test_transformer_pipeline_equals_single_device():
   """Rotary positions, tied embeddings (used by the first and the last stage), Megatron's
   tensor split of each block, ZeRO-3 along fsdp, 2 stages of 1 block."""
