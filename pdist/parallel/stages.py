@@ -86,13 +86,44 @@ def _transformer_parts(m: Transformer) -> Parts:
                lambda p, x: block.apply({"params": p}, x), post)
 
 
-def _mlp_parts(m: MLP) -> Parts:
-  hidden = tuple(m.hidden)
+def _mlp_blocks(hidden) -> int:
+  """How many stacked blocks an MLP of these hidden widths has (refused unless all are equal)."""
+  hidden = tuple(hidden)
   if len(hidden) < 2 or len(set(hidden)) != 1:
     raise ConfigError("config.sync.mesh.pipeline > 1 with the MLP stacks its hidden layers after "
                       "the first as identical blocks: config.model.hidden must be two or more "
                       f"equal widths, got {list(hidden)}")
-  width, n = hidden[0], len(hidden)
+  return len(hidden) - 1
+
+
+def validate(config) -> None:
+  """A pipeline's model checks, from the config alone (so that a sweep finds them before any
+  run): a transformer or an MLP of equal widths, with a block count the stages divide."""
+  stages = int(config.sync.mesh.pipeline)
+  if stages in (0, 1):
+    return
+  m = config.model
+  if m.name == "transformer":
+    blocks = int(m.layers)
+  elif m.name == "mlp":
+    blocks = _mlp_blocks(m.hidden)
+  else:
+    raise ConfigError("config.sync.mesh.pipeline > 1 cuts a model into stages of identical "
+                      "blocks: it needs config.model.name='transformer' or 'mlp', not "
+                      f"'{m.name}'")
+  check_blocks(stages, blocks)
+
+
+def check_blocks(stages: int, blocks: int) -> None:
+  if blocks % stages:
+    raise ConfigError(f"config.sync.mesh.pipeline={stages} stages need a block count they "
+                      f"divide; the model has {blocks} blocks")
+
+
+def _mlp_parts(m: MLP) -> Parts:
+  hidden = tuple(m.hidden)
+  n = _mlp_blocks(hidden) + 1
+  width = hidden[0]
   dense = nn.remat(nn.Dense) if m.remat else nn.Dense
 
   def pre(rest, x):

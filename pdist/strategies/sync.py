@@ -75,6 +75,7 @@ def validate_sync(config) -> None:
   check_positive(config, "sync.devices", "sync.bucket_mb", allow_zero=True)
   check_positive(config, "sync.compute_time")
   layout_lib.validate(config)
+  stages_lib.validate(config)
 
 
 @STRATEGIES.register("sync", config=sync_config, validate=validate_sync,
@@ -496,9 +497,7 @@ class Pipelined(Sharded):
                         "has none (config.data.name='quadratic')")
     self.parts = stages_lib.parts(task.module)
     names = self.parts.blocks
-    if len(names) % self.stages:
-      raise ConfigError(f"config.sync.mesh.pipeline={self.stages} stages need a block count "
-                        f"they divide; the model has {len(names)} blocks ({names[0]}...)")
+    stages_lib.check_blocks(self.stages, len(names))
     rows = config.data.batch_size // (sizes["data"] * sizes["fsdp"])
     rows //= max(1, config.optim.accumulate_steps)
     if rows % self.microbatches:
