@@ -12,6 +12,9 @@ init (nothing is allocated):
     ps (emulator)         one gradient slot per worker beside the server's state (async, ssp);
     sync, local, gossip   on a CPU host one of each per device (emulated devices share this
                           host's memory; local: its outer parameters and outer state once);
+    sync on a named mesh  each device's share of each (parallel/layout.py's specs: ZeRO stages
+                          along fsdp, tensor's splits, a pipeline's stages), per device of this
+                          host on a CPU host, one device's on an accelerator;
     federated             parameters and a gradient per client vmapped at once (client_group,
                           else clients_per_round), SCAFFOLD's control per client;
   plus the training set placed on the device (once; per device for sync on a CPU host).
@@ -39,6 +42,7 @@ import os
 import jax
 
 from pdist import optim
+from pdist.parallel import layout as layout_lib
 from pdist.errors import TrainingError
 from pdist.ps.sharding import tree_bytes
 from pdist.registry import MODELS, ConfigError, get
@@ -112,8 +116,30 @@ def estimate(config, task) -> Estimate:
   d = 0
   if task.has_data:
     d = int(task.dataset.x_train.nbytes) + int(task.dataset.y_train.nbytes)
+  if config.strategy == "sync" and config.train.seeds == 1 and layout_lib.is_sharded(config):
+    return _sharded(config, task, params, d)
   copies, per_copy, fixed, field = _layout(config, p, o, p, d)
   return Estimate(p, o, p, d, copies, per_copy, fixed, field)
+
+
+def _sharded(config, task, params, d: int) -> Estimate:
+  """`sync` on a named mesh: one device's share of the parameters, optimizer state and
+  gradients as the layout places them (the data replicated on every device)."""
+  from pdist.parallel import stages
+  devices = int(config.sync.devices) or jax.device_count()
+  sizes = layout_lib.mesh_sizes(config, devices)
+  layers = None
+  if sizes["pipeline"] > 1:   # the blocks stored stacked, [L, ...] along `pipeline`
+    layers = layout_lib._top_dense_layers(params)
+    names = stages.parts(task.module).blocks
+    params = jax.eval_shape(lambda q: stages.stack(q, names), params)
+  tx = optim.build(config)
+  lay = layout_lib.Layout(None, sizes, int(config.sync.zero), params, tx, layers=layers)
+  p = lay.per_device(params, lay.param_specs)
+  o = lay.per_device(jax.eval_shape(tx.init, params), lay.opt_specs)
+  g = lay.per_device(params, lay.grad_specs)
+  here = min(devices, jax.local_device_count()) if jax.default_backend() == "cpu" else 1
+  return Estimate(p, o, g, d, here, p + o + g + d, 0, "sync.devices")
 
 
 def _meminfo_available() -> int | None:

@@ -10,6 +10,7 @@ import pytest
 from conftest import EXPERIMENTS, quiet_experiment
 from pdist import data, memory, strategies, tasks
 from pdist.__main__ import main
+from pdist.registry import ConfigError
 from pdist.strategies import seeds as seeds_lib
 
 # experiments/mnist1d.py:tiny by hand: an MLP 40 -> 256 -> 256 -> 10 in float32, adam (count and
@@ -40,6 +41,40 @@ def test_the_estimate_is_the_hand_count(fields, total):
   est = _estimate(**fields)
   assert (est.parameters, est.optimizer, est.gradients, est.data) == (PARAMS, ADAM, PARAMS, DATA)
   assert est.total == total
+
+
+# ZeRO-3 on fsdp 8: every leaf split in 8 but the 10-wide output bias (8 does not divide it)
+P8 = (PARAMS - 4 * 10) // 8 + 4 * 10
+ONE_ZERO3 = P8 + (2 * P8 + 4 + 4) + P8
+
+
+def test_a_sharded_mesh_is_estimated_per_device_and_fits_where_replicas_do_not(monkeypatch):
+  """sync on fsdp 8 with ZeRO-3: each of the host's 8 devices holds an eighth of the state (by
+  hand above) and its own copy of the data; with memory for that but not for 8 replicas, the
+  sharded run passes the check and data parallelism is refused."""
+  zero3 = dict(strategy="sync", sync__mesh__data=1, sync__mesh__fsdp=8, sync__zero=3)
+  est = _estimate(**zero3)
+  assert est.total == 8 * (ONE_ZERO3 + DATA)
+  c = quiet_experiment("mnist1d", "tiny", **zero3)
+  task = tasks.build(c, data.load(c.data))
+  free = 8 * (ONE + DATA) - 1
+  monkeypatch.setattr(memory, "available_bytes", lambda: (free, "this host's memory"))
+  memory.check(c, task)
+  plain = quiet_experiment("mnist1d", "tiny", strategy="sync")
+  with pytest.raises(ConfigError, match="config.sync.devices=8"):
+    memory.check(plain, tasks.build(plain, data.load(plain.data)))
+
+
+def test_a_pipeline_is_estimated_with_its_stages():
+  """pipeline 4 x data 2 on an MLP of five 256-wide hidden layers: a device holds a quarter of
+  the four stacked 256 x 256 blocks and the rest whole."""
+  c = quiet_experiment("mnist1d", "tiny", strategy="sync", sync__mesh__pipeline=4,
+                       model__hidden=(256,) * 5)
+  est = memory.estimate(c, tasks.build(c, data.load(c.data)))
+  blocks = 4 * 4 * (256 * 256 + 256)
+  rest = 4 * (40 * 256 + 256 + 256 * 10 + 10)
+  assert est.parameters == rest + blocks // 4 == est.gradients
+  assert est.total == 8 * (4 * est.parameters + 8 + DATA)   # params, Adam mu, nu (+ counts), grads
 
 
 def _refused(args, capsys, monkeypatch, workdir):

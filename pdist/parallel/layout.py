@@ -234,6 +234,12 @@ class Layout:
   def describe(self) -> dict:
     return {"mesh": dict(self.sizes), "zero": self.zero}
 
+  def per_device(self, tree, specs) -> int:
+    """Bytes of `tree` (arrays or shapes) on one device when its leaves follow `specs`."""
+    flat = jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))
+    return sum(int(x.size) * x.dtype.itemsize // math.prod(self.sizes[a] for a in s if a)
+               for x, s in zip(jax.tree.leaves(tree), flat))
+
 
 DTYPE_BYTES = {"f64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s8": 1, "u8": 1,
                "pred": 1, "s64": 8, "u64": 8}
