@@ -183,3 +183,28 @@ def dispatch_rate(run, state: list, args: tuple, calls: int, per_call: int, repe
     jax.block_until_ready(state)
 
   return calls * per_call / timed(go, repeats)
+
+
+def run_members(script: str, name: str, processes: int, args: list) -> dict:
+  """Runs `processes` copies of `script` as one process group on loopback (jax.distributed:
+  each gets --coordinator, --process-id and --tag besides `args`, and this machine's CPU as its
+  one device) and returns the JSON object on process 0's last line of output."""
+  from pdist.launch import free_port
+  coordinator = f"127.0.0.1:{free_port()}"
+  tag = f"pdist_bench_{name}_{os.getpid()}"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get(
+      "PYTHONPATH")])))
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(script), "--processes",
+                             str(processes), *map(str, args), "--coordinator", coordinator,
+                             "--process-id", str(i), "--tag", tag], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
+  outs = [p.communicate() for p in procs]
+  if any(p.returncode for p in procs):
+    failed = next(i for i, p in enumerate(procs) if p.returncode)
+    last = outs[failed][1].strip().splitlines()[-1:] or ["(no message)"]
+    sys.exit(f"{name}: a process failed (status {[p.returncode for p in procs]}); process "
+             f"{failed}: {last[0]}")
+  outs = [out for out, _ in outs]
+  return json.loads(outs[0].strip().splitlines()[-1])

@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
-from common import (ROOT, ddp_rate, dispatch_rate, mlp_config, report, steady_rate,
+from common import (ddp_rate, dispatch_rate, mlp_config, report, run_members, steady_rate,
                     sync_scan_floor_rate)
 
 
@@ -134,22 +132,8 @@ def main():
   args = parser.parse_args()
   if args.coordinator:
     return member(args)
-  from pdist.launch import free_port
-  coordinator = f"127.0.0.1:{free_port()}"
-  tag = f"pdist_bench_local_{os.getpid()}"
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get(
-      "PYTHONPATH")])))
-  env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--processes",
-                             str(args.processes), "--steps", str(args.steps), "--repeats",
-                             str(args.repeats), "--inner-steps", *map(str, args.inner_steps),
-                             "--coordinator", coordinator, "--process-id", str(i), "--tag", tag],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-           for i in range(args.processes)]
-  outs = [p.communicate()[0] for p in procs]
-  if any(p.returncode for p in procs):
-    sys.exit(f"local: a process failed (status {[p.returncode for p in procs]})")
-  rates = json.loads(outs[0].strip().splitlines()[-1])
+  rates = run_members(__file__, "local", args.processes, [
+      "--steps", args.steps, "--repeats", args.repeats, "--inner-steps", *args.inner_steps])
   row = {f"{k}_steps_per_sec": v for k, v in rates.items()}
   for h in args.inner_steps:
     row[f"local{h}_over_floor"] = rates[f"local{h}"] / rates[f"local{h}_floor"]

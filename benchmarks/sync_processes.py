@@ -17,11 +17,9 @@ import argparse
 import functools
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
-from common import ROOT, ddp_rate, mlp_config, steady_rate, sync_scan_floor_rate
+from common import ddp_rate, mlp_config, run_members, steady_rate, sync_scan_floor_rate
 
 
 
@@ -74,23 +72,8 @@ def main():
   args = parser.parse_args()
   if args.coordinator:
     return member(args)
-  from pdist.launch import free_port
-  coordinator = f"127.0.0.1:{free_port()}"
-  tag = f"pdist_bench_sync_processes_{os.getpid()}"
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get(
-      "PYTHONPATH")])))
-  env.pop("XLA_FLAGS", None)
-  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--processes",
-                             str(args.processes), "--steps", str(args.steps), "--repeats",
-                             str(args.repeats), "--bucket-mb", *map(str, args.bucket_mb),
-                             "--coordinator", coordinator, "--process-id",
-                             str(i), "--tag", tag], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-           for i in range(args.processes)]
-  outs = [p.communicate()[0] for p in procs]
-  if any(p.returncode for p in procs):
-    sys.exit(f"sync_processes: a process failed (status {[p.returncode for p in procs]})")
-  rates = json.loads(outs[0].strip().splitlines()[-1])
+  rates = run_members(__file__, "sync_processes", args.processes, [
+      "--steps", args.steps, "--repeats", args.repeats, "--bucket-mb", *args.bucket_mb])
   row = {f"{k}_steps_per_sec": v for k, v in rates.items()}
   default = sync_default_bucket_mb()
   if f"pdist_{default:g}" in rates and "floor_0" in rates:
