@@ -305,6 +305,14 @@ class Sharded(Sync):
   def local_copies(self) -> int:
     return 0
 
+  _last_call = None   # (indices, num_updates, segments) of the last compiled call
+
+  def _call(self, state, idx, num_updates: int, segments):
+    if idx is not None:
+      idx = jax.device_put(idx, self._indices_sharding)
+    self._last_call = (idx, num_updates, segments)
+    return self._chunk(state, self.data, idx, num_updates, segments)
+
   def batch_shards(self) -> int:
     return 1   # the math is the global batch's (single's); the mesh only places it
 
@@ -374,13 +382,18 @@ class Sharded(Sync):
             "params_bytes_total": sum(_bytes(x) for x in jax.tree.leaves(state["params"]))}
 
   def peak_bytes(self, state) -> int:
-    """XLA's memory analysis of one update compiled for this mesh (the program each device
-    runs): arguments + outputs - the outputs that reuse (alias) donated arguments + temporaries,
-    the most bytes the step can hold live on a device."""
-    idx = self.indices(int(jax.device_get(state["step"])), 1)
-    if idx is not None:
-      idx = jax.device_put(idx, self._indices_sharding)
-    stats = self._chunk.lower(state, self.data, idx, 1, None).compile().memory_analysis()
+    """XLA's memory analysis of the run's last compiled call (one update if none ran yet) on
+    this mesh (the program each device runs): arguments + outputs - the outputs that reuse
+    (alias) donated arguments + temporaries, the most bytes the step can hold live on a device.
+    Lowering the last call's arguments again finds its executable in jax's cache: no compile."""
+    if self._last_call is not None:
+      idx, num_updates, segments = self._last_call
+    else:
+      idx, num_updates, segments = self.indices(int(jax.device_get(state["step"])), 1), 1, None
+      if idx is not None:
+        idx = jax.device_put(idx, self._indices_sharding)
+    stats = self._chunk.lower(state, self.data, idx, num_updates,
+                              segments).compile().memory_analysis()
     return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
                - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
