@@ -255,20 +255,25 @@ def _shape_bytes(text: str) -> int:
   return total
 
 
+def _instructions(hlo_text: str):
+  """(computation, is_entry, line) for each instruction line of a compiled program's text."""
+  name, entry = None, False
+  for line in hlo_text.splitlines():
+    head = re.match(r"(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$", line)
+    if head and not line.startswith(" "):
+      name, entry = head.group(2), bool(head.group(1))
+    elif name is not None:
+      yield name, entry, line
+
+
 def _loop_depths(hlo_text: str) -> dict[str, int]:
   """{computation: how many while loops it runs inside} for a compiled program's text (the entry
   computation 0, a while body one more than the computation holding the while)."""
   calls: dict[str, list[tuple[str, bool]]] = {}
-  name, entry = None, None
-  for line in hlo_text.splitlines():
-    head = re.match(r"(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$", line)
-    if head and not line.startswith(" "):
-      name = head.group(2)
-      entry = name if head.group(1) else entry
-      calls.setdefault(name, [])
-      continue
-    if name is None:
-      continue
+  entry = None
+  for name, is_entry, line in _instructions(hlo_text):
+    entry = name if is_entry else entry
+    calls.setdefault(name, [])
     for key, callee in re.findall(r"\b(body|condition|calls|to_apply)=%([\w.\-]+)", line):
       calls[name].append((callee, key == "body"))
     for group in re.findall(r"branch_computations=\{([^}]*)\}", line):
@@ -293,12 +298,7 @@ def collectives(hlo_text: str, min_loop_depth: int = 0) -> dict[str, dict[str, i
   k nested while loops (e.g. a pipeline's ticks)."""
   out: dict[str, dict[str, int]] = {}
   depths = _loop_depths(hlo_text) if min_loop_depth else {}
-  name = None
-  for line in hlo_text.splitlines():
-    head = re.match(r"(ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$", line)
-    if head and not line.startswith(" "):
-      name = head.group(2)
-      continue
+  for name, _, line in _instructions(hlo_text):
     m = re.search(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
     if not m or depths.get(name, 0) < min_loop_depth:
       continue

@@ -365,19 +365,10 @@ class Sharded(Sync):
     device (the gradient's from its layout: it exists only inside the step)."""
     def per_device(tree):
       return sum(_bytes(x.addressable_shards[0].data) for x in jax.tree.leaves(tree))
-
-    def grad_bytes():
-      total = 0
-      for x, spec in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(
-          self.layout.grad_specs, is_leaf=lambda s: isinstance(s, P))):
-        split = 1
-        for dim in spec:
-          split *= self.sizes[dim] if dim else 1
-        total += _bytes(x) // split
-      return total
     return {"params_bytes_per_device": per_device(state["params"]),
             "optimizer_bytes_per_device": per_device(state["opt_state"]),
-            "gradient_bytes_per_device": grad_bytes(),
+            "gradient_bytes_per_device": self.layout.per_device(state["params"],
+                                                                self.layout.grad_specs),
             "peak_bytes_per_device": self.peak_bytes(state),
             "params_bytes_total": sum(_bytes(x) for x in jax.tree.leaves(state["params"]))}
 
@@ -505,10 +496,7 @@ class Pipelined(Sharded):
     sizes = layout_lib.mesh_sizes(config, devices)
     self.stages = sizes["pipeline"]
     self.microbatches = int(config.sync.microbatches) or self.stages
-    if task.module is None:
-      raise ConfigError("config.sync.mesh.pipeline > 1 cuts a model into stages; the quadratic "
-                        "has none (config.data.name='quadratic')")
-    self.parts = stages_lib.parts(task.module)
+    self.parts = stages_lib.parts(task.module)   # refuses models it cannot cut
     names = self.parts.blocks
     stages_lib.check_blocks(self.stages, len(names))
     rows = config.data.batch_size // (sizes["data"] * sizes["fsdp"])
