@@ -307,3 +307,23 @@ def claims_figure(values: dict, claims: list[dict], path: str, title: str) -> No
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def run_variants(train, config_lib, spec: str, variants, seeds: int, workdir: str,
+                 fields: list, curve: tuple[str, str]) -> tuple[dict, dict]:
+  """Trains each (name, its fields) of `variants` once per seed on the experiment `spec` (plus
+  `fields` and the seed; no progress bar or TensorBoard), in workdir/<name>_<seed>. Returns
+  ({name: [summary per seed]}, {name: [[(x, y) of each row holding y] per seed]}), with
+  curve = (x, y) row keys: the loop the compression papers share."""
+  summaries = {name: [] for name, _ in variants}
+  curves = {name: [] for name, _ in variants}
+  x, y = curve
+  for seed in range(seeds):
+    for name, extra in variants:
+      config = config_lib.load(spec, list(extra) + list(fields) + [
+          f"--config.train.seed={seed}", "--config.train.progress=False",
+          "--config.train.tensorboard=False"])
+      result = train.run(config, os.path.join(workdir, f"{name}_{seed}"))
+      summaries[name].append(result.summary)
+      curves[name].append([(r[x], r[y]) for r in result.rows if y in r])
+  return summaries, curves

@@ -68,20 +68,12 @@ def run(workdir: str, tiny: bool, train, config_lib, root: str) -> dict:
   spec = os.path.join(root, "experiments", "compression.py") + (":tiny" if tiny else "")
   seeds = 1 if tiny else SEEDS   # tiny: the machinery only, one seed
   every = 10 if tiny else 100
-  acc = {name: [] for name, _ in VARIANTS}
-  curves = {name: [] for name, _ in VARIANTS}
-  ratios = []
-  for seed in range(seeds):
-    for name, fields in VARIANTS:
-      config = config_lib.load(spec, fields + [
-          f"--config.train.eval_every={every}", f"--config.train.seed={seed}",
-          "--config.train.progress=False", "--config.train.tensorboard=False"])
-      result = train.run(config, os.path.join(workdir, f"{name}_{seed}"))
-      acc[name].append(result.summary["eval_accuracy"])
-      curves[name].append([(r["bytes_pushed"], r["eval_accuracy"]) for r in result.rows
-                           if "eval_accuracy" in r])
-      if name == "topk":
-        ratios.append(result.summary["compression_ratio"])
+  from pdist.reproduce import run_variants
+  runs, curves = run_variants(train, config_lib, spec, VARIANTS, seeds, workdir,
+                              [f"--config.train.eval_every={every}"],
+                              ("bytes_pushed", "eval_accuracy"))
+  acc = {name: [s["eval_accuracy"] for s in r] for name, r in runs.items()}
+  ratios = [s["compression_ratio"] for s in runs["topk"]]
   out = {"compression_ratio": ratios,
          "accuracy_gap": [s - t for s, t in zip(acc["sgd"], acc["topk"])]}
 

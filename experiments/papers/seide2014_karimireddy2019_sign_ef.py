@@ -70,19 +70,11 @@ def run(workdir: str, tiny: bool, train, config_lib, root: str) -> dict:
 
   spec = os.path.join(root, "experiments", "compression.py") + (":tiny" if tiny else "")
   seeds = 1 if tiny else SEEDS   # tiny: the machinery only, one seed
-  acc = {name: [] for name, _ in VARIANTS}
-  curves = {name: [] for name, _ in VARIANTS}
-  ratio = None
-  for seed in range(seeds):
-    for name, fields in VARIANTS:
-      config = config_lib.load(spec, fields + [
-          "--config.train.eval_every=0", f"--config.train.seed={seed}",
-          "--config.train.progress=False", "--config.train.tensorboard=False"])
-      result = train.run(config, os.path.join(workdir, f"{name}_{seed}"))
-      acc[name].append(result.summary["eval_accuracy"])
-      curves[name].append([(r["step"], r["loss"]) for r in result.rows if "loss" in r])
-      if name == "sign_ef":
-        ratio = result.summary["compression_ratio"]
+  from pdist.reproduce import run_variants
+  runs, curves = run_variants(train, config_lib, spec, VARIANTS, seeds, workdir,
+                              ["--config.train.eval_every=0"], ("step", "loss"))
+  acc = {name: [s["eval_accuracy"] for s in r] for name, r in runs.items()}
+  ratio = runs["sign_ef"][-1]["compression_ratio"]
   out = {"ef_gap": [s - e for s, e in zip(acc["sgd"], acc["sign_ef"])],
          "noef_gap": [s - n for s, n in zip(acc["sgd"], acc["sign_noef"])]}
 

@@ -82,20 +82,12 @@ def run(workdir: str, tiny: bool, train, config_lib, root: str) -> dict:
   every = steps // 16
   common = [f"--config.train.steps={steps}", "--config.optim.schedule=step",
             "--config.optim.decay_factor=0.5", f"--config.optim.decay_steps={halvings}",
-            f"--config.train.eval_every={every}", f"--config.train.log_every={every}",
-            "--config.train.progress=False", "--config.train.tensorboard=False"]
-  excess = {name: [] for name, _ in VARIANTS}
-  curves = {name: [] for name, _ in VARIANTS}
-  ratio = None
-  for seed in range(seeds):
-    for name, fields in VARIANTS:
-      config = config_lib.load(spec, common + fields + [f"--config.train.seed={seed}"])
-      result = train.run(config, os.path.join(workdir, f"{name}_{seed}"))
-      excess[name].append(result.summary["excess_loss"])
-      curves[name].append([(r["step"], r["excess_loss"]) for r in result.rows
-                           if "excess_loss" in r])
-      if name == "topk_mem":
-        ratio = result.summary["compression_ratio"]
+            f"--config.train.eval_every={every}", f"--config.train.log_every={every}"]
+  from pdist.reproduce import run_variants
+  runs, curves = run_variants(train, config_lib, spec, VARIANTS, seeds, workdir, common,
+                              ("step", "excess_loss"))
+  excess = {name: [s["excess_loss"] for s in r] for name, r in runs.items()}
+  ratio = runs["topk_mem"][-1]["compression_ratio"]
   out = {"excess_ratio_mem": [m / s for m, s in zip(excess["topk_mem"], excess["sgd"])],
          "excess_ratio_nomem": [m / s for m, s in zip(excess["topk_nomem"], excess["sgd"])]}
 
